@@ -1,0 +1,1 @@
+"""The SMASH engine: search space, HyperNet, networks, data and loops (PyTorch only)."""

@@ -1,0 +1,1 @@
+"""Persistence for smash: SQLAlchemy models, migrations, job queue and queries."""
