@@ -1,0 +1,27 @@
+"""Exceptions raised by the storage package.
+
+Every message is a single line that a user can act on; callers (the CLI, the
+Textual app, the worker) print ``str(exc)`` and never need a traceback.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error the storage package raises on purpose."""
+
+
+class NewerDatabaseError(StorageError):
+    """The database carries a schema revision this version of smash does not know."""
+
+
+class FilterError(StorageError):
+    """A browse filter or sort expression could not be understood."""
+
+
+class NotFoundError(StorageError):
+    """A row looked up by id does not exist."""
+
+
+class JobStateError(StorageError):
+    """A job state transition that is not allowed from the job's current state."""
