@@ -1,0 +1,38 @@
+"""Size and cost of an architecture's derived network, counted by PyTorch itself.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode` on a forward pass of the
+derived network built on the meta device: no memory is allocated and no arithmetic
+is done, so counting is cheap enough to run for every scored architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.arch import Architecture
+from engine.network import build_model
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and forward FLOPs (per image) of a derived network."""
+
+    params: int  # learnable parameters (BatchNorm running statistics not counted)
+    flops: int  # forward FLOPs for one image (a multiply-add counts as 2)
+
+
+def architecture_cost(
+    arch: Architecture, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
+) -> Cost:
+    """Parameters and forward FLOPs of `arch`'s derived network at `image_size` x `image_size`."""
+    with torch.device("meta"):
+        model = build_model(arch, num_classes, in_channels)
+        x = torch.empty(1, in_channels, image_size, image_size)
+    params = sum(p.numel() for p in model.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x)
+    return Cost(params=params, flops=int(counter.get_total_flops()))

@@ -1,0 +1,108 @@
+"""The HyperNet: a fully convolutional map from an architecture's encoding to its 1x1 weights.
+
+A small DenseNet of weight-normalised 3x3 convs (no bias, no BatchNorm, LeakyReLU,
+orthogonal init), as in the paper. Its last 1x1 conv emits `N * dcN` values per
+position of the conditioning tensor; position (row r, column s) becomes the block of
+the weight matrix for output channels [r*N, (r+1)*N) and input channels
+[s*dcN, (s+1)*dcN). Being convolutional, its size does not depend on how deep the
+searched networks are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.encoding import EncodingLayout, OpColumns
+
+
+@dataclass(frozen=True)
+class HyperNetConfig:
+    """Capacity of the HyperNet. The paper stresses that too small a HyperNet loses the ranking."""
+
+    stem_channels: int = 7  # channels added by the first conv
+    growth: tuple[int, ...] = (10, 10, 10)  # channels added per dense layer, per dense stage
+    layers: tuple[int, ...] = (8, 10, 4)  # dense layers per stage; a halving conv separates stages
+    kernel_size: int = 3  # kernel of every conv but the last
+    negative_slope: float = 0.02  # LeakyReLU slope: keeps gradients alive, NaNs visible
+
+    def __post_init__(self) -> None:
+        if len(self.growth) != len(self.layers) or not self.growth:
+            raise ValueError("HyperNetConfig: growth and layers need the same, non-zero length")
+        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
+            raise ValueError("HyperNetConfig: kernel_size must be odd")
+        if min(self.growth) < 1 or min(self.layers) < 0 or self.stem_channels < 1:
+            raise ValueError("HyperNetConfig: widths must be positive")
+
+
+class WNConv2d(nn.Conv2d):
+    """Conv whose weight is divided by its whole Frobenius norm (the paper's simple weight norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight / self.weight.norm()
+        return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
+
+
+class HyperNet(nn.Module):
+    """Conditioning tensor (1 + channels, rows, columns) -> 1x1 weights of every op."""
+
+    def __init__(self, layout: EncodingLayout, config: HyperNetConfig = HyperNetConfig()) -> None:
+        super().__init__()
+        self.layout = layout
+        self.config = config
+        n = layout.space.base_units
+        pad = config.kernel_size // 2
+        width = layout.channels + 1  # + z
+        self.stem = WNConv2d(width, config.stem_channels, config.kernel_size, padding=pad, bias=False)
+        width += config.stem_channels
+        self.stages = nn.ModuleList()
+        self.reducers = nn.ModuleList()
+        for stage, (growth, layers) in enumerate(zip(config.growth, config.layers)):
+            dense = nn.ModuleList()
+            for _ in range(layers):
+                dense.append(WNConv2d(width, growth, config.kernel_size, padding=pad, bias=False))
+                width += growth
+            self.stages.append(dense)
+            if stage < len(config.growth) - 1:
+                self.reducers.append(WNConv2d(width, width // 2, config.kernel_size, padding=pad, bias=False))
+                width //= 2
+        self.out = WNConv2d(width, n * layout.column_width, 1, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.orthogonal_(m.weight)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """c: (1, 1 + channels, rows, columns) -> (rows * N, columns * dcN) weight matrix."""
+        slope = self.config.negative_slope
+        x = torch.cat([c, self.stem(c)], 1)
+        for stage, dense in enumerate(self.stages):
+            for conv in dense:
+                x = torch.cat([x, conv(F.leaky_relu(x, slope))], 1)
+            if stage < len(self.reducers):
+                x = self.reducers[stage](F.leaky_relu(x, slope))
+        out = self.out(F.leaky_relu(x, slope))  # (1, N * dcN, rows, columns)
+        n = self.layout.space.base_units
+        rows, columns = out.shape[-2:]
+        # value (i, j) at (r, s) -> weight[r*N + i, s*dcN + j]
+        return (
+            out.view(n, self.layout.column_width, rows, columns)
+            .permute(2, 0, 3, 1)
+            .reshape(rows * n, columns * self.layout.column_width)
+        )
+
+
+def op_weights(matrix: torch.Tensor, spans: list[OpColumns], column_width: int) -> list[torch.Tensor]:
+    """Cut the generated matrix into each op's full-width 1x1 weight, divided by its norm.
+
+    Returns:
+        One (bottleneck, in_channels, 1, 1) tensor per op.
+    """
+    weights = []
+    for span in spans:
+        start = span.start * column_width
+        w = matrix[: span.out_channels, start : start + span.in_channels]
+        weights.append((w / w.norm()).reshape(span.out_channels, span.in_channels, 1, 1))
+    return weights
