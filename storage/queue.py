@@ -1,0 +1,705 @@
+"""The job queue and the worker registry.
+
+Job states::
+
+    queued --claim--> running --finish--> done
+      |  ^              |  |---fail-----> failed
+      |  |              |  |---mark_cancelled / requeue_stale with a cancel request--> cancelled
+      |  +--requeue-----+  +---mark_paused / requeue_stale with a pause request-----> paused
+      +--request_pause--> paused --resume--> queued
+      +--request_cancel-> cancelled <--request_cancel-- paused
+
+A running job is never changed by the UI directly: ``request_pause`` and
+``request_cancel`` set ``requested`` and the worker honours it between steps
+(``heartbeat`` tells it). Every transition is one conditional ``UPDATE``, so
+concurrent workers and UIs cannot both win. The transitions write the
+activity-log events themselves; workers need not log them again.
+
+Functions that are a unit of work of their own (``claim``, ``heartbeat``,
+``requeue_stale`` and the worker registry) take the ``Database`` (or an
+engine) and commit. The others take the caller's ``Session`` and only flush.
+
+Times that decide liveness (heartbeats, staleness) come from the database
+server on PostgreSQL, so workers on hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, exists, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from storage.db import Database
+from storage.errors import JobStateError, NotFoundError, StorageError
+from storage.models import JOB_KINDS, Checkpoint, Event, Job, UTCDateTime, Worker, utcnow
+from storage.records import get_experiment, get_job
+
+jobs = Job.__table__
+workers = Worker.__table__
+events = Event.__table__
+
+# How many queued candidates a SQLite claim tries before looking again.
+CLAIM_BATCH = 8
+# A SQLite claim gives up after losing this many rounds in a row to other workers.
+CLAIM_ROUNDS = 50
+UNFINISHED_DEPENDENCY_STATES = ("queued", "paused")
+
+
+@dataclass(frozen=True)
+class Control:
+    """What a worker must do after a heartbeat."""
+
+    request: Literal["none", "pause", "cancel"]  # what the user asked for, if anything
+    taken_away: bool  # the job is no longer this worker's: stop without writing results
+
+    @property
+    def should_stop(self) -> bool:
+        """True when the worker must stop the job now (after saving, unless taken away)."""
+        return self.taken_away or self.request != "none"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker process, for display."""
+
+    id: str  # "host:pid:uuid8"
+    host: str  # host name it runs on
+    pid: int  # its process id on that host
+    device: str  # e.g. "cuda:0" or "cpu"
+    started_at: datetime  # when it registered (UTC)
+    heartbeat_at: datetime  # its last sign of life (UTC)
+    current_job_id: int | None  # the job it is running, if any
+
+
+Executor = Session | Connection
+
+
+def _engine(engine_or_db: Engine | Database) -> Engine:
+    return engine_or_db.engine if isinstance(engine_or_db, Database) else engine_or_db
+
+
+def _db_now(executor: Executor) -> datetime:
+    """The current time: the server's on PostgreSQL, this host's on SQLite (same host)."""
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name == "postgresql":
+        now = executor.execute(select(func.statement_timestamp())).scalar_one()
+        assert isinstance(now, datetime)
+        return now
+    return utcnow()
+
+
+def _log(
+    executor: Executor,
+    job_id: int,
+    experiment_id: int,
+    message: str,
+    level: str = "info",
+) -> None:
+    executor.execute(
+        insert(events).values(
+            job_id=job_id,
+            experiment_id=experiment_id,
+            level=level,
+            message=message,
+            created_at=utcnow(),
+        )
+    )
+
+
+def _release_worker(executor: Executor, job_id: int) -> None:
+    executor.execute(
+        update(workers).where(workers.c.current_job_id == job_id).values(current_job_id=None)
+    )
+
+
+def _cancel_orphans(executor: Executor) -> list[int]:
+    """Cancel waiting jobs whose dependency failed or was cancelled, transitively."""
+    dependency = jobs.alias("dependency")
+    cancelled: list[int] = []
+    while True:
+        orphans = executor.execute(
+            select(jobs.c.id, jobs.c.experiment_id, dependency.c.id, dependency.c.state)
+            .join(dependency, dependency.c.id == jobs.c.depends_on_id)
+            .where(jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES))
+            .where(dependency.c.state.in_(("failed", "cancelled")))
+        ).all()
+        if not orphans:
+            return cancelled
+        for job_id, experiment_id, dependency_id, dependency_state in orphans:
+            reason = f"job {dependency_id}, which it depends on, {dependency_state}"
+            result = executor.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES))
+                .values(
+                    state="cancelled",
+                    requested=None,
+                    error=f"cancelled: {reason}",
+                    finished_at=_db_now(executor),
+                )
+            )
+            if result.rowcount == 1:
+                cancelled.append(job_id)
+                _log(
+                    executor, job_id, experiment_id, f"job {job_id} cancelled: {reason}", "warning"
+                )
+
+
+def enqueue(
+    session: Session,
+    experiment_id: int,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    priority: int = 0,
+    depends_on: int | None = None,
+) -> Job:
+    """Add a queued job.
+
+    Args:
+        session: The caller's session (flushed, not committed).
+        experiment_id: The experiment the job works on.
+        kind: train, score, search or retrain.
+        params: Kind-specific parameters as a JSON-able dict.
+        priority: Higher runs first; ties run in enqueue order.
+        depends_on: Id of a job that must be done before this one may start.
+    """
+    if kind not in JOB_KINDS:
+        raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
+    get_experiment(session, experiment_id)
+    if depends_on is not None:
+        get_job(session, depends_on)
+    job = Job(
+        experiment_id=experiment_id,
+        kind=kind,
+        params=params,
+        state="queued",
+        priority=priority,
+        depends_on_id=depends_on,
+    )
+    session.add(job)
+    session.flush()
+    _log(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
+    return job
+
+
+def _claimable(kinds: Sequence[str] | None) -> Any:
+    dependency = jobs.alias("dependency")
+    dependency_done = exists().where(
+        dependency.c.id == jobs.c.depends_on_id, dependency.c.state == "done"
+    )
+    query = (
+        select(jobs.c.id)
+        .where(jobs.c.state == "queued")
+        .where(or_(jobs.c.depends_on_id.is_(None), dependency_done))
+        .order_by(jobs.c.priority.desc(), jobs.c.id)
+    )
+    if kinds is not None:
+        query = query.where(jobs.c.kind.in_(kinds))
+    return query
+
+
+def _take(connection: Connection, job_id: int, worker_id: str, now: datetime) -> bool:
+    result = connection.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state == "queued")
+        .values(
+            state="running",
+            worker_id=worker_id,
+            started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
+            heartbeat_at=now,
+            attempts=jobs.c.attempts + 1,
+            requested=None,
+            error=None,
+            finished_at=None,
+        )
+        .returning(jobs.c.kind, jobs.c.experiment_id, jobs.c.attempts)
+    ).first()
+    if result is None:
+        return False
+    kind, experiment_id, attempts = result
+    connection.execute(
+        update(workers)
+        .where(workers.c.id == worker_id)
+        .values(current_job_id=job_id, heartbeat_at=now)
+    )
+    _log(
+        connection,
+        job_id,
+        experiment_id,
+        f"job {job_id} ({kind}) started by worker {worker_id}, attempt {attempts}",
+    )
+    return True
+
+
+def claim(
+    engine_or_db: Engine | Database, worker_id: str, *, kinds: Iterable[str] | None = None
+) -> int | None:
+    """Atomically take the best runnable queued job for a worker.
+
+    The best job has the highest priority, then the lowest id, among queued
+    jobs whose dependency (if any) is done. Jobs whose dependency failed or
+    was cancelled are cancelled first, so nothing waits forever.
+
+    Args:
+        engine_or_db: The database.
+        worker_id: The claiming worker's id (see register_worker).
+        kinds: Only claim jobs of these kinds; None claims any.
+
+    Returns:
+        The claimed job id, now running and owned by the worker, or None.
+    """
+    engine = _engine(engine_or_db)
+    kind_list = None if kinds is None else tuple(kinds)
+    for kind in kind_list or ():
+        if kind not in JOB_KINDS:
+            raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
+    candidates_query = _claimable(kind_list)
+    with engine.begin() as connection:
+        _cancel_orphans(connection)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            job_id = connection.execute(
+                candidates_query.limit(1).with_for_update(skip_locked=True, of=jobs)
+            ).scalar()
+            if job_id is None:
+                return None
+            taken = _take(connection, job_id, worker_id, _db_now(connection))
+            assert taken, "a row locked FOR UPDATE cannot be taken by anyone else"
+            return int(job_id)
+    # SQLite has no row locks: read candidates outside a write transaction, then
+    # compare-and-set each; whoever's UPDATE matches the queued row wins it.
+    for _ in range(CLAIM_ROUNDS):
+        with engine.connect() as connection:
+            candidates = list(connection.execute(candidates_query.limit(CLAIM_BATCH)).scalars())
+        if not candidates:
+            return None
+        for job_id in candidates:
+            with engine.begin() as connection:
+                if _take(connection, job_id, worker_id, _db_now(connection)):
+                    return int(job_id)
+    return None
+
+
+def heartbeat(
+    engine_or_db: Engine | Database,
+    job_id: int,
+    worker_id: str,
+    *,
+    progress: float | None = None,
+    progress_text: str | None = None,
+    eta: float | None = None,
+) -> Control:
+    """Record that a worker is still running a job, with its progress.
+
+    Args:
+        engine_or_db: The database.
+        job_id: The running job.
+        worker_id: The worker that claimed it.
+        progress: Fraction done, 0..1 (clamped); None leaves it unchanged.
+        progress_text: Short text such as "step 120/900"; None leaves it unchanged.
+        eta: Estimated seconds to completion; None leaves it unchanged.
+
+    Returns:
+        The user's request and whether the job was taken away from this worker.
+    """
+    engine = _engine(engine_or_db)
+    with engine.begin() as connection:
+        values: dict[str, Any] = {"heartbeat_at": _db_now(connection)}
+        if progress is not None:
+            values["progress"] = min(max(float(progress), 0.0), 1.0)
+        if progress_text is not None:
+            values["progress_text"] = progress_text
+        if eta is not None:
+            values["eta_seconds"] = max(float(eta), 0.0)
+        row = connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.state == "running")
+            .values(**values)
+            .returning(jobs.c.requested)
+        ).first()
+    if row is None:
+        return Control(request="none", taken_away=True)
+    requested = row[0]
+    return Control(
+        request=requested if requested in ("pause", "cancel") else "none", taken_away=False
+    )
+
+
+def requeue_stale(engine_or_db: Engine | Database, timeout_s: float) -> list[int]:
+    """Put running jobs whose worker stopped sending heartbeats back in the queue.
+
+    A pending pause or cancel request is honoured instead (the job becomes
+    paused or cancelled). The next worker resumes from
+    ``latest_checkpoint``.
+
+    Args:
+        engine_or_db: The database.
+        timeout_s: Seconds without a heartbeat after which a job is stale.
+
+    Returns:
+        Ids of the jobs taken away from their worker.
+    """
+    engine = _engine(engine_or_db)
+    with engine.begin() as connection:
+        now = _db_now(connection)
+        cutoff = now - timedelta(seconds=timeout_s)
+        stale_condition = or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < cutoff)
+        stale = connection.execute(
+            select(
+                jobs.c.id,
+                jobs.c.experiment_id,
+                jobs.c.worker_id,
+                jobs.c.heartbeat_at,
+                jobs.c.requested,
+            ).where(jobs.c.state == "running", stale_condition)
+        ).all()
+        taken: list[int] = []
+        for job_id, experiment_id, worker_id, heartbeat_at, requested in stale:
+            state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", "queued")
+            values: dict[str, Any] = {"state": state, "worker_id": None, "requested": None}
+            if state == "cancelled":
+                values["finished_at"] = now
+            # Re-check staleness in the UPDATE: a heartbeat that lands in between wins.
+            result = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == "running", stale_condition)
+                .where(jobs.c.worker_id == worker_id)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                continue
+            taken.append(job_id)
+            _release_worker(connection, job_id)
+            silent = (
+                "ever"
+                if heartbeat_at is None
+                else f"for {(now - heartbeat_at).total_seconds():.0f} s"
+            )
+            _log(
+                connection,
+                job_id,
+                experiment_id,
+                f"job {job_id} {'requeued' if state == 'queued' else state}: "
+                f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)",
+                "warning",
+            )
+        if taken:
+            _cancel_orphans(connection)
+    return taken
+
+
+def latest_checkpoint(session: Session, job_id: int) -> Checkpoint | None:
+    """The job's checkpoint with the highest step, to resume from; None if it has none."""
+    query = (
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id)
+        .order_by(Checkpoint.step.desc(), Checkpoint.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+# --- transitions on the caller's session --------------------------------------------------------
+
+
+def _fresh(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
+def _set(
+    session: Session,
+    job_id: int,
+    from_states: Sequence[str],
+    values: dict[str, Any],
+    *conditions: Any,
+) -> bool:
+    result = session.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state.in_(from_states), *conditions)
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def _refuse(job: Job, action: str, allowed: str) -> JobStateError:
+    return JobStateError(f"cannot {action} job {job.id}: it is {job.state} ({allowed})")
+
+
+def request_pause(session: Session, job_id: int) -> Job:
+    """Pause a job: a queued job at once, a running one when its worker next checks.
+
+    Pausing a paused job does nothing.
+    """
+    if _set(session, job_id, ["queued"], {"state": "paused"}):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"job {job_id} paused")
+        return job
+    running_unrequested = or_(jobs.c.requested.is_(None), jobs.c.requested == "pause")
+    if _set(session, job_id, ["running"], {"requested": "pause"}, running_unrequested):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"pause of job {job_id} requested")
+        return job
+    job = _fresh(session, job_id)
+    if job.state == "paused":
+        return job
+    if job.state == "running":
+        raise JobStateError(f"cannot pause job {job_id}: it is being cancelled")
+    raise _refuse(job, "pause", "only queued or running jobs can be paused")
+
+
+def resume(session: Session, job_id: int) -> Job:
+    """Queue a paused job again, or withdraw a pause request a running job has not honoured yet.
+
+    Resuming a queued job does nothing.
+    """
+    if _set(session, job_id, ["paused"], {"state": "queued"}):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"job {job_id} resumed")
+        return job
+    if _set(session, job_id, ["running"], {"requested": None}, jobs.c.requested == "pause"):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"pause request of job {job_id} withdrawn")
+        return job
+    job = _fresh(session, job_id)
+    if job.state == "queued" or (job.state == "running" and job.requested is None):
+        return job
+    raise _refuse(job, "resume", "only paused jobs can be resumed")
+
+
+def request_cancel(session: Session, job_id: int) -> Job:
+    """Cancel a job: a queued or paused job at once, a running one when its worker next checks.
+
+    Cancelling a cancelled job does nothing. Jobs that depend on a cancelled
+    job are cancelled too.
+    """
+    cancelled = {"state": "cancelled", "requested": None, "finished_at": _db_now(session)}
+    if _set(session, job_id, ["queued", "paused"], cancelled):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
+        _cancel_orphans(session)
+        return job
+    if _set(session, job_id, ["running"], {"requested": "cancel"}):
+        job = _fresh(session, job_id)
+        _log(session, job_id, job.experiment_id, f"cancel of job {job_id} requested")
+        return job
+    job = _fresh(session, job_id)
+    if job.state == "cancelled":
+        return job
+    raise _refuse(job, "cancel", "it has already ended")
+
+
+def _worker_transition(
+    session: Session,
+    job_id: int,
+    worker_id: str | None,
+    values: dict[str, Any],
+    action: str,
+) -> Job:
+    """Move a running job on behalf of its worker, checking the worker still owns it."""
+    owner = [] if worker_id is None else [jobs.c.worker_id == worker_id]
+    if not _set(session, job_id, ["running"], values, *owner):
+        job = _fresh(session, job_id)
+        if job.state == "running":
+            raise JobStateError(
+                f"cannot {action} job {job_id}: it is running on worker {job.worker_id}, "
+                f"not {worker_id}"
+            )
+        raise _refuse(job, action, "only running jobs can be")
+    _release_worker(session, job_id)
+    return _fresh(session, job_id)
+
+
+def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Job:
+    """Mark a running job done.
+
+    Args:
+        session: The caller's session.
+        job_id: The job.
+        worker_id: When given, refuse unless this worker still owns the job.
+    """
+    values = {
+        "state": "done",
+        "requested": None,
+        "progress": 1.0,
+        "eta_seconds": None,
+        "finished_at": _db_now(session),
+    }
+    job = _worker_transition(session, job_id, worker_id, values, "finish")
+    _log(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
+    return job
+
+
+def fail(session: Session, job_id: int, error: str, *, worker_id: str | None = None) -> Job:
+    """Mark a running job failed; jobs that depend on it are cancelled.
+
+    Args:
+        session: The caller's session.
+        job_id: The job.
+        error: Why, for people (first line shown in lists, the rest in details).
+        worker_id: When given, refuse unless this worker still owns the job.
+    """
+    values = {
+        "state": "failed",
+        "requested": None,
+        "error": error,
+        "eta_seconds": None,
+        "finished_at": _db_now(session),
+    }
+    job = _worker_transition(session, job_id, worker_id, values, "fail")
+    summary = error.strip().splitlines()[0] if error.strip() else "no reason given"
+    _log(
+        session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) failed: {summary}", "error"
+    )
+    _cancel_orphans(session)
+    return job
+
+
+def mark_paused(session: Session, job_id: int, *, worker_id: str | None = None) -> Job:
+    """Record that a worker stopped a job on a pause request (after checkpointing)."""
+    values = {"state": "paused", "requested": None, "worker_id": None, "eta_seconds": None}
+    job = _worker_transition(session, job_id, worker_id, values, "pause")
+    _log(session, job_id, job.experiment_id, f"job {job_id} paused")
+    return job
+
+
+def mark_cancelled(session: Session, job_id: int, *, worker_id: str | None = None) -> Job:
+    """Record that a worker stopped a job on a cancel request; dependants are cancelled."""
+    values = {
+        "state": "cancelled",
+        "requested": None,
+        "eta_seconds": None,
+        "finished_at": _db_now(session),
+    }
+    job = _worker_transition(session, job_id, worker_id, values, "cancel")
+    _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
+    _cancel_orphans(session)
+    return job
+
+
+def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> Job:
+    """Give a running job back to the queue (a worker shutting down on SIGTERM).
+
+    A pending request wins: a job asked to pause becomes paused, one asked to
+    cancel becomes cancelled.
+    """
+    job = _fresh(session, job_id)
+    state = {"cancel": "cancelled", "pause": "paused"}.get(job.requested or "", "queued")
+    values: dict[str, Any] = {
+        "state": state,
+        "requested": None,
+        "worker_id": None,
+        "eta_seconds": None,
+    }
+    if state == "cancelled":
+        values["finished_at"] = _db_now(session)
+    request_unchanged = (
+        jobs.c.requested.is_(None) if job.requested is None else jobs.c.requested == job.requested
+    )
+    owner = [] if worker_id is None else [jobs.c.worker_id == worker_id]
+    if not _set(session, job_id, ["running"], values, request_unchanged, *owner):
+        job = _fresh(session, job_id)
+        if job.state == "running":
+            # The request changed in between, or another worker owns it now.
+            if worker_id is not None and job.worker_id != worker_id:
+                raise JobStateError(
+                    f"cannot requeue job {job_id}: it is running on worker {job.worker_id}, "
+                    f"not {worker_id}"
+                )
+            return requeue(session, job_id, worker_id=worker_id)
+        raise _refuse(job, "requeue", "only running jobs can be")
+    _release_worker(session, job_id)
+    job = _fresh(session, job_id)
+    _log(
+        session,
+        job_id,
+        job.experiment_id,
+        f"job {job_id} {'requeued' if state == 'queued' else state}",
+    )
+    if state == "cancelled":
+        _cancel_orphans(session)
+    return job
+
+
+# --- worker registry -----------------------------------------------------------------------------
+
+
+def register_worker(
+    engine_or_db: Engine | Database,
+    *,
+    device: str,
+    host: str | None = None,
+    pid: int | None = None,
+) -> str:
+    """Register a worker process and return its id ("host:pid:uuid8").
+
+    Args:
+        engine_or_db: The database.
+        device: What it computes on, e.g. "cuda:0" or "cpu".
+        host: Host name; defaults to this host.
+        pid: Process id; defaults to this process.
+    """
+    host = host or socket.gethostname()
+    pid = os.getpid() if pid is None else pid
+    worker_id = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
+    with _engine(engine_or_db).begin() as connection:
+        now = _db_now(connection)
+        connection.execute(
+            insert(workers).values(
+                id=worker_id, host=host, pid=pid, device=device, started_at=now, heartbeat_at=now
+            )
+        )
+    return worker_id
+
+
+def worker_heartbeat(engine_or_db: Engine | Database, worker_id: str) -> None:
+    """Record that a worker is alive (call it even while idle)."""
+    with _engine(engine_or_db).begin() as connection:
+        result = connection.execute(
+            update(workers)
+            .where(workers.c.id == worker_id)
+            .values(heartbeat_at=_db_now(connection))
+        )
+    if result.rowcount != 1:
+        raise NotFoundError(f"no worker with id {worker_id}")
+
+
+def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
+    """Record that a worker exited cleanly."""
+    with _engine(engine_or_db).begin() as connection:
+        result = connection.execute(
+            update(workers)
+            .where(workers.c.id == worker_id)
+            .values(stopped_at=_db_now(connection), current_job_id=None)
+        )
+    if result.rowcount != 1:
+        raise NotFoundError(f"no worker with id {worker_id}")
+
+
+def alive_workers(engine_or_db: Engine | Database, within_s: float) -> list[WorkerInfo]:
+    """Workers that have not stopped and sent a heartbeat in the last ``within_s`` seconds."""
+    with _engine(engine_or_db).connect() as connection:
+        cutoff = _db_now(connection) - timedelta(seconds=within_s)
+        rows = connection.execute(
+            select(
+                workers.c.id,
+                workers.c.host,
+                workers.c.pid,
+                workers.c.device,
+                workers.c.started_at,
+                workers.c.heartbeat_at,
+                workers.c.current_job_id,
+            )
+            .where(workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= cutoff)
+            .order_by(workers.c.started_at, workers.c.id)
+        ).all()
+    return [WorkerInfo(*row) for row in rows]
