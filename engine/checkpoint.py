@@ -1,0 +1,178 @@
+"""Checkpoints that survive crashes and load without unpickling code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, saved with
+`torch.save` and read back with `torch.load(weights_only=True)`, so opening a file from
+somewhere else cannot run code. Every checkpoint names its `kind` ("retrain",
+"hypernet", ...) so that one loop never resumes from another loop's file.
+
+Random generators are stored as values that such a dict may hold: a numpy `Generator`
+as the JSON of its bit generator's state, a torch `Generator` as its uint8 state tensor.
+
+Example:
+    save_checkpoint({"kind": "hypernet", "step": 10, "rng": numpy_rng_state(rng)}, path)
+    state = load_checkpoint(path, expected_kind="hypernet")
+    rng = numpy_rng_from_state(state["rng"])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1  # bumped when the layout of every checkpoint changes; loads refuse other values
+_MAX_DETAIL = 160  # characters of a library's error message kept in ours
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written, read or used; the message is one line naming the file."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Writes `state` to `path` atomically: readers see the old file or the new one, never half.
+
+    The dict is written to a temporary file in the same directory, flushed to disk, and
+    renamed over `path`, so a crash mid-write keeps the previous checkpoint intact.
+
+    Args:
+        state: a dict with a string under "kind"; values must be what
+            `torch.load(weights_only=True)` accepts (tensors, numbers, strings, None,
+            lists, tuples and dicts of those).
+        path: the checkpoint file; missing parent directories are created.
+
+    Raises:
+        CheckpointError: `state` has no kind, or the file cannot be written.
+    """
+    path = Path(path)
+    if not isinstance(state.get("kind"), str):
+        raise CheckpointError(f"checkpoint {path}: the state needs a string 'kind'")
+    payload = {**state, "format": FORMAT}
+    temporary: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not mkstemp: its files are private (0600); this one gets the umask's usual mode.
+        temporary = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"))
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        temporary = None
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    expected_kind: str | None = None,
+) -> dict[str, Any]:
+    """Reads a checkpoint written by `save_checkpoint`, without unpickling arbitrary objects.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded (the CPU by default, whatever device wrote them).
+        expected_kind: when given, the checkpoint's kind must be this.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, not a checkpoint, from another
+            format version, or of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here (zip, pickle, EOF, OS)
+        raise CheckpointError(f"checkpoint {path} is unreadable or not a checkpoint: {_one_line(exc)}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("kind"), str):
+        raise CheckpointError(f"checkpoint {path} is not a smash checkpoint (no kind)")
+    if state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {state.get('format')!r}; this version reads format {FORMAT}"
+        )
+    if expected_kind is not None and state["kind"] != expected_kind:
+        raise CheckpointError(
+            f"checkpoint {path} is a {state['kind']!r} checkpoint, not a {expected_kind!r} one"
+        )
+    return state
+
+
+def numpy_rng_state(rng: np.random.Generator) -> str:
+    """The state of a numpy Generator as a JSON string (its integers exceed 64 bits)."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def numpy_rng_from_state(state: str) -> np.random.Generator:
+    """A numpy Generator in the state `numpy_rng_state` returned.
+
+    Raises:
+        CheckpointError: the string is not such a state.
+    """
+    try:
+        data = json.loads(state)
+        bit_generator = getattr(np.random, data["bit_generator"])()
+        bit_generator.state = data
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"invalid numpy generator state: {_one_line(exc)}") from None
+    return np.random.Generator(bit_generator)
+
+
+def torch_rng_state(generator: torch.Generator) -> torch.Tensor:
+    """The state of a torch Generator (any device) as a CPU uint8 tensor."""
+    return generator.get_state().clone()
+
+
+def set_torch_rng_state(generator: torch.Generator, state: torch.Tensor) -> None:
+    """Puts `generator` back into a state `torch_rng_state` returned.
+
+    Raises:
+        CheckpointError: the tensor is not a state of this kind of generator.
+    """
+    try:
+        generator.set_state(state.to("cpu", torch.uint8))
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"invalid torch generator state: {_one_line(exc)}") from None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes the rename itself durable; not every platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, shortened: library messages can be pages long."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
+
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "numpy_rng_from_state",
+    "numpy_rng_state",
+    "save_checkpoint",
+    "set_torch_rng_state",
+    "torch_rng_state",
+]
