@@ -121,7 +121,7 @@ class DeviceImages:
         if augment:
             offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
             flips = torch.randint(0, 2, (n, 1), generator=generator)
-            moves = torch.cat([offsets, flips], 1).to(self.device)  # (n, 3): dy, dx, flip
+            moves = torch.cat([offsets, flips], 1)  # (n, 3): dy, dx, flip
         return self._epoch(batch_size, total, start_batch, order, moves, channels_last, dtype)
 
     def _epoch(
@@ -134,7 +134,8 @@ class DeviceImages:
         channels_last: bool,
         dtype: torch.dtype,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order_on_device = order.to(self.device) if order is not None else None
+        order_on_device = self._upload(order) if order is not None else None
+        moves = self._upload(moves) if moves is not None else None
         layout = torch.channels_last if channels_last else torch.contiguous_format
         for batch in range(start_batch, total):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, len(self))
@@ -153,6 +154,14 @@ class DeviceImages:
             x = images.to(torch.float32, memory_format=layout)
             x.mul_(self._scale).add_(self._shift)
             yield x.to(dtype), labels
+
+    def _upload(self, values: torch.Tensor) -> torch.Tensor:
+        """Copies per-epoch CPU values to the device without waiting for queued GPU work."""
+        if self.device.type != "cuda":
+            return values.to(self.device)
+        # From pageable memory the copy would block until the GPU has finished the
+        # previous epoch; from pinned memory it is queued like any other kernel.
+        return values.pin_memory().to(self.device, non_blocking=True)
 
     def _stream(self, indices: torch.Tensor) -> torch.Tensor:
         """The host images at CPU `indices`, copied to the device: (B, C, H, W) uint8."""
