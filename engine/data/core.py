@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 import torch
 
 BUILT_IN_KINDS = ("synthetic", "cifar10", "cifar100", "stl10")
@@ -32,9 +33,8 @@ class DataConfig:
     image_size: int | None = None  # resize to this square side (needed for mixed-size folders)
 
     def __post_init__(self) -> None:
-        if self.kind not in BUILT_IN_KINDS + PATH_KINDS or (
-            self.kind in PATH_KINDS and not self.dataset.partition(":")[2]
-        ):
+        kind, _, path = self.dataset.partition(":")
+        if self.dataset not in BUILT_IN_KINDS and not (kind in PATH_KINDS and path):
             choices = ", ".join(BUILT_IN_KINDS + tuple(f"{k}:PATH" for k in PATH_KINDS))
             raise DatasetError(f"unknown data set {self.dataset!r}: expected one of {choices}")
         size = self.val_size
@@ -66,8 +66,6 @@ class DataConfig:
             return Path(self.root).expanduser()
         if os.environ.get("SMASH_DATA"):
             return Path(os.environ["SMASH_DATA"]).expanduser()
-        import platformdirs  # only needed for this default
-
         return Path(platformdirs.user_cache_dir("smash")) / "datasets"
 
 

@@ -543,7 +543,7 @@ def test_cache_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert DataConfig(root=str(tmp_path / "explicit")).cache_dir() == tmp_path / "explicit"
 
 
-@pytest.mark.parametrize("dataset", ["imagenet", "npz:", "folder", "CIFAR10", ""])
+@pytest.mark.parametrize("dataset", ["imagenet", "npz:", "folder", "CIFAR10", "", "synthetic:x"])
 def test_unknown_kind(dataset: str) -> None:
     with pytest.raises(DatasetError, match="unknown data set .*expected one of synthetic"):
         DataConfig(dataset)
