@@ -117,31 +117,45 @@ def current_revision(connection: Connection) -> str | None:
 @contextmanager
 def _migration_lock(engine: Engine) -> Iterator[Connection]:
     """A connection inside a transaction that no other migrating process can enter."""
-    if engine.dialect.name == "sqlite":
-        # pysqlite only begins transactions before DML; take control so the
-        # DDL is atomic and the write lock is held from the first statement.
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            connection.execute(select(text(f"pg_advisory_xact_lock({PG_MIGRATION_LOCK_KEY})")))
+            yield connection
+        return
+    # pysqlite only begins transactions before DML; take control so the DDL is
+    # atomic and the write lock is held from the first statement.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # Batch migrations rebuild tables (CREATE, copy, DROP, RENAME); with
+        # foreign keys on, the DROP would cascade into child tables. SQLite's
+        # recipe: keys off outside the transaction, check them before commit.
+        connection.exec_driver_sql("PRAGMA foreign_keys = OFF")
+        try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield connection
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+                if broken is not None:
+                    raise StorageError(
+                        f"migration left a dangling reference in table {broken[0]}; "
+                        "the database was not changed"
+                    )
             except BaseException:
                 connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
-    else:
-        with engine.begin() as connection:
-            connection.execute(select(text(f"pg_advisory_xact_lock({PG_MIGRATION_LOCK_KEY})")))
-            yield connection
+        finally:
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
 
 
-def _backup_sqlite(connection: Connection, path: Path, revision: str) -> Path:
+def _backup_sqlite(path: Path, revision: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = path.with_name(f"{path.name}.bak-{revision}-{stamp}")
-    # The backup API copies committed pages including those still in the WAL,
-    # which a plain file copy would miss.
-    source = connection.connection.driver_connection
-    with closing(sqlite3.connect(target)) as destination:
-        source.backup(destination)
+    # Through the backup API, which includes committed pages still in the WAL
+    # (a file copy would miss them), and from a connection of its own: the
+    # migrating one holds the write lock, and SQLite cannot back up from a
+    # connection that is writing.
+    with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(target)) as copy:
+        source.backup(copy)
     return target
 
 
@@ -186,7 +200,7 @@ def upgrade(
         # Only a versioned file holds data: a fresh file gets a header from the
         # WAL switch alone, and unversioned files with tables were refused above.
         if engine.dialect.name == "sqlite" and current is not None and engine.url.database:
-            backup = _backup_sqlite(connection, Path(engine.url.database), current)
+            backup = _backup_sqlite(Path(engine.url.database), current)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
         return backup

@@ -162,35 +162,45 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# The columns a browse page can be sorted and filtered by.
+BROWSE_COLUMNS: Final = (
+    "latest_error",
+    "latest_loss",
+    "params",
+    "flops",
+    "depth",
+    "num_ops",
+    "best_test_acc",
+)
+
+
+def browse_index_columns(sort_column: str) -> list[str]:
+    """Key of the browse index for one sort column (``"id"`` or one of BROWSE_COLUMNS).
+
+    ``(experiment_id, <sort column>, id)`` gives the keyset order; the other
+    browse columns follow so that filter terms are checked on the index entry,
+    without reading the (large) row, while a page is scanned.
+    """
+    order = ["experiment_id", "id"] if sort_column == "id" else ["experiment_id", sort_column, "id"]
+    return order + [column for column in BROWSE_COLUMNS if column != sort_column]
+
+
 class Architecture(Base):
     """A sampled architecture with denormalised columns for fast browsing.
 
     ``latest_error``, ``latest_loss``, ``best_test_acc`` and ``retrain_state``
     are kept up to date by ``storage.records`` so that a sorted, filtered page
-    is one index range scan. ``spec`` is the last column on purpose: it is the
-    only large value, and SQLite reads a row's columns in order.
+    is one scan of a browse index (see ``browse_index_columns``). ``spec`` is
+    the last column on purpose: it is the only large value, and SQLite reads a
+    row's columns in order.
     """
 
     __tablename__ = "architectures"
     __table_args__ = (
         UniqueConstraint("experiment_id", "hash"),
-        # One index per sortable column, each ending in id for the keyset tie-break.
-        Index("ix_architectures_experiment_id_id", "experiment_id", "id"),
-        Index(
-            "ix_architectures_experiment_id_latest_error_id", "experiment_id", "latest_error", "id"
-        ),
-        Index(
-            "ix_architectures_experiment_id_latest_loss_id", "experiment_id", "latest_loss", "id"
-        ),
-        Index("ix_architectures_experiment_id_params_id", "experiment_id", "params", "id"),
-        Index("ix_architectures_experiment_id_flops_id", "experiment_id", "flops", "id"),
-        Index("ix_architectures_experiment_id_depth_id", "experiment_id", "depth", "id"),
-        Index("ix_architectures_experiment_id_num_ops_id", "experiment_id", "num_ops", "id"),
-        Index(
-            "ix_architectures_experiment_id_best_test_acc_id",
-            "experiment_id",
-            "best_test_acc",
-            "id",
+        *(
+            Index(f"ix_architectures_browse_{column}", *browse_index_columns(column))
+            for column in ("id", *BROWSE_COLUMNS)
         ),
     )
 

@@ -2,7 +2,8 @@
 
 PostgreSQL comes from ``SMASH_TEST_PG_URL`` (an admin URL whose role may
 create databases). Each test gets its own ``smash_t_<uuid8>`` database, so
-tests can run in parallel under xdist; it is dropped afterwards. Without the
+tests can run in parallel under xdist; it is dropped afterwards. Tests that
+need the schema get a copy of a template migrated once per test process. Without the
 variable the PostgreSQL cases are skipped, unless ``SMASH_REQUIRE_PG=1``, in
 which case they fail.
 """
@@ -52,6 +53,47 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _create_pg_database(admin_url: str, template: str | None = None) -> str:
+    name = f"smash_t_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            suffix = f' TEMPLATE "{template}"' if template else ""
+            connection.execute(text(f'CREATE DATABASE "{name}"{suffix}'))
+    finally:
+        admin.dispose()
+    return name
+
+
+def _drop_pg_database(admin_url: str, name: str) -> None:
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def _pg_url(admin_url: str, name: str) -> str:
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated once per test process, copied for each test that needs a schema.
+
+    Copying skips running the migrations for every test; the migration tests
+    themselves start from empty databases (``db_url``).
+    """
+    admin_url = pg_admin_url()
+    name = _create_pg_database(admin_url)
+    try:
+        open_database(_pg_url(admin_url, name)).dispose()
+        yield name
+    finally:
+        _drop_pg_database(admin_url, name)
+
+
 @pytest.fixture
 def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh, empty database (nothing migrated yet)."""
@@ -59,26 +101,30 @@ def db_url(backend: str, tmp_path: Path) -> Iterator[str]:
         yield normalize_url(str(tmp_path / "smash.db"))
         return
     admin_url = pg_admin_url()
-    name = f"smash_t_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = _create_pg_database(admin_url)
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        yield _pg_url(admin_url, name)
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        _drop_pg_database(admin_url, name)
 
 
 @pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    """The fresh database, opened (and so migrated)."""
-    database = open_database(db_url)
+def db(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A fresh database with the current schema, opened."""
+    if backend == "sqlite":
+        url = normalize_url(str(tmp_path / "smash.db"))
+        name = None
+    else:
+        admin_url = pg_admin_url()
+        name = _create_pg_database(admin_url, template=request.getfixturevalue("pg_template"))
+        url = _pg_url(admin_url, name)
+    database = open_database(url)
     try:
         yield database
     finally:
         database.dispose()
+        if name is not None:
+            _drop_pg_database(admin_url, name)
 
 
 def make_experiment(db: Database, name: str = "exp") -> int:

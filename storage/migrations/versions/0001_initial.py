@@ -144,9 +144,9 @@ def upgrade() -> None:
             "experiment_id", "hash", name=op.f("uq_architectures_experiment_id_hash")
         ),
     )
-    # One index per sortable browse column, each ending in id for the keyset tie-break.
-    for column in (
-        "id",
+    # One browse index per sort column: (experiment_id, <column>, id) gives the
+    # keyset order, the other browse columns let filters be checked on the index.
+    browse = (
         "latest_error",
         "latest_loss",
         "params",
@@ -154,9 +154,14 @@ def upgrade() -> None:
         "depth",
         "num_ops",
         "best_test_acc",
-    ):
-        columns = ["experiment_id", column] if column == "id" else ["experiment_id", column, "id"]
-        op.create_index(f"ix_architectures_{'_'.join(columns)}", "architectures", columns)
+    )
+    for column in ("id", *browse):
+        order = ["experiment_id", "id"] if column == "id" else ["experiment_id", column, "id"]
+        op.create_index(
+            f"ix_architectures_browse_{column}",
+            "architectures",
+            order + [other for other in browse if other != column],
+        )
 
     op.create_table(
         "scores",
