@@ -33,7 +33,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -85,14 +96,25 @@ def _engine(engine_or_db: Engine | Database) -> Engine:
     return engine_or_db.engine if isinstance(engine_or_db, Database) else engine_or_db
 
 
-def _db_now(executor: Executor) -> datetime:
-    """The current time: the server's on PostgreSQL, this host's on SQLite (same host)."""
+def _is_postgresql(executor: Executor) -> bool:
     bind = executor.get_bind() if isinstance(executor, Session) else executor
-    if bind.dialect.name == "postgresql":
+    return bind.dialect.name == "postgresql"
+
+
+def _db_now(executor: Executor) -> datetime:
+    """The current time as a value: the server's on PostgreSQL, this host's on SQLite."""
+    if _is_postgresql(executor):
         now = executor.execute(select(func.statement_timestamp())).scalar_one()
         assert isinstance(now, datetime)
         return now
     return utcnow()
+
+
+def _now(executor: Executor) -> ColumnElement[datetime]:
+    """The current time as SQL, for values written without a round trip to fetch it first."""
+    if _is_postgresql(executor):
+        return func.statement_timestamp(type_=UTCDateTime())
+    return literal(utcnow(), UTCDateTime())
 
 
 def _log(
@@ -141,7 +163,7 @@ def _cancel_orphans(executor: Executor) -> list[int]:
                     state="cancelled",
                     requested=None,
                     error=f"cancelled: {reason}",
-                    finished_at=_db_now(executor),
+                    finished_at=_now(executor),
                 )
             )
             if result.rowcount == 1:
@@ -205,14 +227,15 @@ def _claimable(kinds: Sequence[str] | None) -> Any:
     return query
 
 
-def _take(connection: Connection, job_id: int, worker_id: str, now: datetime) -> bool:
+def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
+    now = _now(connection)
     result = connection.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state == "queued")
         .values(
             state="running",
             worker_id=worker_id,
-            started_at=func.coalesce(jobs.c.started_at, literal(now, UTCDateTime())),
+            started_at=func.coalesce(jobs.c.started_at, now),
             heartbeat_at=now,
             attempts=jobs.c.attempts + 1,
             requested=None,
@@ -261,20 +284,21 @@ def claim(
         if kind not in JOB_KINDS:
             raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
     candidates_query = _claimable(kind_list)
-    with engine.begin() as connection:
-        _cancel_orphans(connection)
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
+            _cancel_orphans(connection)
             job_id = connection.execute(
                 candidates_query.limit(1).with_for_update(skip_locked=True, of=jobs)
             ).scalar()
             if job_id is None:
                 return None
-            taken = _take(connection, job_id, worker_id, _db_now(connection))
+            taken = _take(connection, job_id, worker_id)
             assert taken, "a row locked FOR UPDATE cannot be taken by anyone else"
             return int(job_id)
     # SQLite has no row locks: read candidates outside a write transaction, then
     # compare-and-set each; whoever's UPDATE matches the queued row wins it.
+    with engine.begin() as connection:
+        _cancel_orphans(connection)
     for _ in range(CLAIM_ROUNDS):
         with engine.connect() as connection:
             candidates = list(connection.execute(candidates_query.limit(CLAIM_BATCH)).scalars())
@@ -282,7 +306,7 @@ def claim(
             return None
         for job_id in candidates:
             with engine.begin() as connection:
-                if _take(connection, job_id, worker_id, _db_now(connection)):
+                if _take(connection, job_id, worker_id):
                     return int(job_id)
     return None
 
@@ -311,7 +335,7 @@ def heartbeat(
     """
     engine = _engine(engine_or_db)
     with engine.begin() as connection:
-        values: dict[str, Any] = {"heartbeat_at": _db_now(connection)}
+        values: dict[str, Any] = {"heartbeat_at": _now(connection)}
         if progress is not None:
             values["progress"] = min(max(float(progress), 0.0), 1.0)
         if progress_text is not None:
@@ -482,7 +506,7 @@ def request_cancel(session: Session, job_id: int) -> Job:
     Cancelling a cancelled job does nothing. Jobs that depend on a cancelled
     job are cancelled too.
     """
-    cancelled = {"state": "cancelled", "requested": None, "finished_at": _db_now(session)}
+    cancelled = {"state": "cancelled", "requested": None, "finished_at": _now(session)}
     if _set(session, job_id, ["queued", "paused"], cancelled):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
@@ -532,7 +556,7 @@ def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Jo
         "requested": None,
         "progress": 1.0,
         "eta_seconds": None,
-        "finished_at": _db_now(session),
+        "finished_at": _now(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "finish")
     _log(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
@@ -553,7 +577,7 @@ def fail(session: Session, job_id: int, error: str, *, worker_id: str | None = N
         "requested": None,
         "error": error,
         "eta_seconds": None,
-        "finished_at": _db_now(session),
+        "finished_at": _now(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "fail")
     summary = error.strip().splitlines()[0] if error.strip() else "no reason given"
@@ -578,7 +602,7 @@ def mark_cancelled(session: Session, job_id: int, *, worker_id: str | None = Non
         "state": "cancelled",
         "requested": None,
         "eta_seconds": None,
-        "finished_at": _db_now(session),
+        "finished_at": _now(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "cancel")
     _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
@@ -601,7 +625,7 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
         "eta_seconds": None,
     }
     if state == "cancelled":
-        values["finished_at"] = _db_now(session)
+        values["finished_at"] = _now(session)
     request_unchanged = (
         jobs.c.requested.is_(None) if job.requested is None else jobs.c.requested == job.requested
     )
@@ -665,9 +689,7 @@ def worker_heartbeat(engine_or_db: Engine | Database, worker_id: str) -> None:
     """Record that a worker is alive (call it even while idle)."""
     with _engine(engine_or_db).begin() as connection:
         result = connection.execute(
-            update(workers)
-            .where(workers.c.id == worker_id)
-            .values(heartbeat_at=_db_now(connection))
+            update(workers).where(workers.c.id == worker_id).values(heartbeat_at=_now(connection))
         )
     if result.rowcount != 1:
         raise NotFoundError(f"no worker with id {worker_id}")
@@ -679,7 +701,7 @@ def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
         result = connection.execute(
             update(workers)
             .where(workers.c.id == worker_id)
-            .values(stopped_at=_db_now(connection), current_job_id=None)
+            .values(stopped_at=_now(connection), current_job_id=None)
         )
     if result.rowcount != 1:
         raise NotFoundError(f"no worker with id {worker_id}")
