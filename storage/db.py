@@ -250,7 +250,10 @@ def open_database(url: str | None = None) -> Database:
     path = sqlite_path(url)
     if path is not None:
         preflight_sqlite(path, redact_url(url))
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except OSError as exc:
+        raise StorageError(f"cannot create the folder of {path}: {exc.strerror}") from None
     try:
         upgrade(engine, redact_url(url))
     except DBAPIError as exc:

@@ -90,6 +90,7 @@ class WorkerInfo:
 
 
 Executor = Session | Connection
+_REQUESTS: dict[str | None, Literal["pause", "cancel"]] = {"pause": "pause", "cancel": "cancel"}
 
 
 def _engine(engine_or_db: Engine | Database) -> Engine:
@@ -350,10 +351,7 @@ def heartbeat(
         ).first()
     if row is None:
         return Control(request="none", taken_away=True)
-    requested = row[0]
-    return Control(
-        request=requested if requested in ("pause", "cancel") else "none", taken_away=False
-    )
+    return Control(request=_REQUESTS.get(row[0], "none"), taken_away=False)
 
 
 def requeue_stale(engine_or_db: Engine | Database, timeout_s: float) -> list[int]:
@@ -468,13 +466,12 @@ def request_pause(session: Session, job_id: int) -> Job:
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"job {job_id} paused")
         return job
-    running_unrequested = or_(jobs.c.requested.is_(None), jobs.c.requested == "pause")
-    if _set(session, job_id, ["running"], {"requested": "pause"}, running_unrequested):
+    if _set(session, job_id, ["running"], {"requested": "pause"}, jobs.c.requested.is_(None)):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"pause of job {job_id} requested")
         return job
     job = _fresh(session, job_id)
-    if job.state == "paused":
+    if job.state == "paused" or (job.state == "running" and job.requested == "pause"):
         return job
     if job.state == "running":
         raise JobStateError(f"cannot pause job {job_id}: it is being cancelled")
@@ -512,12 +509,13 @@ def request_cancel(session: Session, job_id: int) -> Job:
         _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
         _cancel_orphans(session)
         return job
-    if _set(session, job_id, ["running"], {"requested": "cancel"}):
+    not_yet = or_(jobs.c.requested.is_(None), jobs.c.requested != "cancel")
+    if _set(session, job_id, ["running"], {"requested": "cancel"}, not_yet):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"cancel of job {job_id} requested")
         return job
     job = _fresh(session, job_id)
-    if job.state == "cancelled":
+    if job.state == "cancelled" or (job.state == "running" and job.requested == "cancel"):
         return job
     raise _refuse(job, "cancel", "it has already ended")
 

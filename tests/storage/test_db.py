@@ -85,3 +85,12 @@ def test_unreachable_server_is_one_line() -> None:
         "cannot open database postgresql+psycopg://smash:***@127.0.0.1:1/nowhere: "
     )
     assert "\n" not in message and "hunter2" not in message
+
+
+def test_unusable_folder_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(
+        StorageError, match=f"^cannot create the folder of {blocker}/sub/smash.db: "
+    ):
+        open_database(str(blocker / "sub" / "smash.db"))

@@ -173,7 +173,9 @@ def test_pause_and_cancel_requests_reach_the_running_worker(
     with db.session() as session:
         job = request_pause(session, job_id)
         assert (job.state, job.requested) == ("running", "pause")
+        request_pause(session, job_id)  # a second click changes nothing
         session.commit()
+    assert _events(db, job_id).count(f"pause of job {job_id} requested") == 1
     assert heartbeat(db, job_id, "w").request == "pause"
     with db.session() as session:
         assert resume(session, job_id).requested is None  # withdrawn before the worker saw it
@@ -192,6 +194,7 @@ def test_pause_and_cancel_requests_reach_the_running_worker(
     assert _job(db, job_id).attempts == 2
 
     with db.session() as session:
+        assert request_cancel(session, job_id).requested == "cancel"
         assert request_cancel(session, job_id).requested == "cancel"
         with pytest.raises(JobStateError, match="being cancelled"):
             request_pause(session, job_id)
