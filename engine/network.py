@@ -153,14 +153,26 @@ class SmashNet(nn.Module):
         hyper = {id(p) for p in self.hypernet.parameters()}
         return [p for p in self.parameters() if id(p) not in hyper]
 
-    def encode(self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Conditioning input (1, 1 + channels, rows, columns): z channel, then c."""
+    def encode(
+        self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Conditioning input (1, 1 + channels, rows, columns): the z channel, then c.
+
+        Args:
+            arch: the architecture to encode.
+            z: the random channel (rows x columns values); drawn from `generator` when None.
+            generator: where z comes from; its device decides where z is drawn.
+        """
         device = self.stem_weight.device
-        c = self.layout.encode(arch).to(device, non_blocking=True)
+        c = self.layout.encode(arch)
+        if device.type == "cuda":
+            c = c.pin_memory()  # a pinned source makes the copy asynchronous: no host sync
+        c = c.to(device, non_blocking=True)
         if z is None:
-            z = torch.randn(1, *c.shape[1:], generator=generator, device="cpu" if generator is not None else device)
-            z = z.to(device, non_blocking=True)
-        return torch.cat([z.reshape(1, *c.shape[1:]), c], 0).unsqueeze(0)
+            z_device = generator.device if generator is not None else device
+            z = torch.randn(1, *c.shape[1:], generator=generator, device=z_device)
+        z = z.to(device, non_blocking=True).reshape(1, *c.shape[1:])
+        return torch.cat([z, c], 0).unsqueeze(0)
 
     def generate(
         self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None

@@ -1,0 +1,281 @@
+"""SMASH scores: validation error and loss of an architecture with generated weights.
+
+Scoring runs the SMASH network in eval mode without gradients. Errors and losses are
+summed on the device and copied to the host once per architecture. Options: several
+`z` draws averaged (the original redrew z for every architecture and never averaged),
+BatchNorm recalibration per architecture on a few training batches (the shared running
+statistics belong to no architecture in particular), a validation subset, and racing:
+successive halving over validation images that scores every candidate on a small
+slice, keeps the best fraction, and extends the survivors, so that the top of the
+ranking comes out as with full scoring at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.arch import Architecture
+from engine.data import DeviceImages
+from engine.network import SmashNet
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How architectures are scored."""
+
+    images: int | None = None  # validation images to score on (None: the whole split)
+    batch_size: int = 500  # images per forward pass
+    z_draws: int = 1  # independent z draws whose errors and losses are averaged
+    bn_recalibration_batches: int = 0  # training batches that re-estimate BN statistics (0: off)
+    bn_batch_size: int = 100  # images per recalibration batch
+    seed: int = 0  # z draws and recalibration batches depend only on this and the architecture
+    bf16: str = "auto"  # "auto": bf16 autocast on CUDA only; "on" / "off" force it
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
+
+    def __post_init__(self) -> None:
+        if self.images is not None and self.images < 1:
+            raise ValueError(f"ScoreConfig.images must be positive, got {self.images}")
+        if self.batch_size < 1 or self.z_draws < 1 or self.bn_batch_size < 1:
+            raise ValueError("ScoreConfig: batch_size, z_draws and bn_batch_size must be positive")
+        if self.bn_recalibration_batches < 0:
+            raise ValueError("ScoreConfig.bn_recalibration_batches must be >= 0")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"ScoreConfig.bf16 must be auto, on or off, got {self.bf16!r}")
+
+
+@dataclass(frozen=True)
+class RaceConfig:
+    """Successive halving over validation images."""
+
+    top_k: int = 10  # the ranking's head that must come out as with full scoring
+    first_images: int | None = None  # images of the first rung (None: 1/16 of the split)
+    keep: float = 0.5  # fraction of candidates kept after each rung
+    min_survivors: int | None = None  # never keep fewer than this (None: top_k + 2)
+    margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or not 0.0 < self.keep <= 1.0 or self.margin_z < 0:
+            raise ValueError("RaceConfig: top_k must be >= 1, keep in (0, 1] and margin_z >= 0")
+
+
+@dataclass(frozen=True)
+class Score:
+    """One architecture's SMASH score."""
+
+    error: float  # validation error in percent
+    loss: float  # mean validation cross-entropy
+    images: int  # validation images it was measured on
+    z_draws: int  # z draws averaged
+    method: str  # "full" (the whole scoring set) or "racing" (dropped after a partial slice)
+
+
+def autocast_context(device: torch.device, bf16: str) -> contextlib.AbstractContextManager[None]:
+    """bf16 autocast when asked for (or on CUDA with "auto"), else nothing."""
+    if bf16 == "on" or (bf16 == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
+    """A seed that depends only on the run seed, the architecture and the draw index."""
+    digest = hashlib.sha256(f"{seed}:{arch.hash}:{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class Scorer:
+    """Scores architectures of one SMASH network on one validation split.
+
+    Args:
+        net: the trained SMASH network (its training mode is restored after scoring).
+        val: validation images, on the network's device.
+        config: scoring options.
+        train: training images, needed only for BN recalibration.
+    """
+
+    def __init__(
+        self, net: SmashNet, val: DeviceImages, config: ScoreConfig = ScoreConfig(), train: DeviceImages | None = None
+    ) -> None:
+        if len(val) == 0:
+            raise ValueError("cannot score on an empty validation split")
+        if config.bn_recalibration_batches and train is None:
+            raise ValueError("BN recalibration needs the training images")
+        self.net = net
+        self.config = config
+        self.device = net.stem_weight.device
+        self.num_images = min(config.images or len(val), len(val))
+        dtype = torch.float32
+        layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        images, labels = [], []
+        for x, y in val.batches(config.batch_size, shuffle=False, augment=False, channels_last=config.channels_last):
+            images.append(x)
+            labels.append(y)
+        # The scoring set: the first `num_images` validation images, normalised once.
+        self.images = torch.cat(images)[: self.num_images].to(dtype).contiguous(memory_format=layout)
+        self.labels = torch.cat(labels)[: self.num_images]
+        self.recalibration: list[torch.Tensor] = []
+        if config.bn_recalibration_batches and train is not None:
+            fixed = torch.Generator().manual_seed(config.seed)
+            batches = train.batches(
+                config.bn_batch_size, shuffle=True, augment=False, generator=fixed,
+                drop_last=True, channels_last=config.channels_last,
+            )
+            for x, _ in batches:
+                if len(self.recalibration) == config.bn_recalibration_batches:
+                    break
+                self.recalibration.append(x)
+
+    # One architecture --------------------------------------------------------------------
+
+    def score(self, arch: Architecture) -> Score:
+        """Full score of `arch` on the scoring set."""
+        sums = self._sums(arch, 0, self.num_images)
+        return self._to_score(sums, self.num_images, "full")
+
+    def score_many(
+        self, archs: Sequence[Architecture], on_result: Callable[[Architecture, Score], None] | None = None
+    ) -> list[Score]:
+        """Full scores, streamed through `on_result` as they come."""
+        scores = []
+        for arch in archs:
+            score = self.score(arch)
+            if on_result is not None:
+                on_result(arch, score)
+            scores.append(score)
+        return scores
+
+    def race(
+        self,
+        archs: Sequence[Architecture],
+        race: RaceConfig = RaceConfig(),
+        on_result: Callable[[Architecture, Score], None] | None = None,
+    ) -> list[Score]:
+        """Successive halving: score all on a slice, keep the best, extend the survivors.
+
+        Every candidate gets a score: survivors on the whole scoring set (method
+        "full", identical to `score`), the rest on the slice they were dropped after
+        (method "racing"). Dropped candidates are reported as soon as they drop.
+        """
+        n = len(archs)
+        if n == 0:
+            return []
+        first = race.first_images or max(1, self.num_images // 16)
+        first = min(first, self.num_images)
+        min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
+        sums = [torch.zeros(2, device=self.device) for _ in range(n)]
+        alive = list(range(n))
+        done, target = 0, first
+        results: dict[int, Score] = {}
+        while True:
+            for i in alive:
+                sums[i] += self._sums(archs[i], done, target)
+            done = target
+            if done >= self.num_images:
+                break
+            if len(alive) > min_survivors:
+                totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
+                ranked = sorted(zip(alive, totals), key=lambda t: (t[1][0], t[1][1], t[0]))
+                keep = max(min_survivors, math.ceil(len(alive) * race.keep))
+                keep = max(keep, self._close_to_top(ranked, race, done))
+                for i, _ in ranked[keep:]:
+                    results[i] = self._to_score(sums[i], done, "racing")
+                    if on_result is not None:
+                        on_result(archs[i], results[i])
+                alive = sorted(i for i, _ in ranked[:keep])
+            target = min(2 * target, self.num_images)
+        for i in alive:
+            results[i] = self._to_score(sums[i], self.num_images, "full")
+            if on_result is not None:
+                on_result(archs[i], results[i])
+        return [results[i] for i in range(n)]
+
+    # Internals ---------------------------------------------------------------------------
+
+    def _close_to_top(self, ranked: list[tuple[int, list[float]]], race: RaceConfig, images: int) -> int:
+        """How many of the ranked candidates are statistically tied with the k-th best.
+
+        Errors measured on `images` images have a binomial standard error; dropping a
+        candidate whose error is within `margin_z` combined standard errors of the k-th
+        best could drop a true top-k member, so such candidates stay in the race.
+        """
+        if race.margin_z == 0 or len(ranked) <= race.top_k:
+            return 0
+        n = images * self.config.z_draws
+
+        def rate_and_var(wrong: float) -> tuple[float, float]:
+            p = min(max(wrong / n, 0.5 / n), 1 - 0.5 / n)
+            return p, p * (1 - p) / n
+
+        kth, kth_var = rate_and_var(ranked[race.top_k - 1][1][0])
+        close = 0
+        for position, (_, (wrong, _)) in enumerate(ranked):
+            p, var = rate_and_var(wrong)
+            if position < race.top_k or p - kth <= race.margin_z * math.sqrt(var + kth_var):
+                close = position + 1
+        return close
+
+    def _to_score(self, sums: torch.Tensor, images: int, method: str) -> Score:
+        wrong, loss = sums.tolist()  # the one host copy per architecture
+        draws = self.config.z_draws
+        return Score(
+            error=100.0 * wrong / (images * draws),
+            loss=loss / (images * draws),
+            images=images,
+            z_draws=draws,
+            method=method,
+        )
+
+    @torch.no_grad()
+    def _sums(self, arch: Architecture, start: int, stop: int) -> torch.Tensor:
+        """(wrong, loss) summed over images [start, stop) and all z draws, on the device."""
+        net = self.net
+        was_training = net.training
+        totals = torch.zeros(2, device=self.device)
+        try:
+            for draw in range(self.config.z_draws):
+                generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
+                with autocast_context(self.device, self.config.bf16):
+                    weights = net.generate(arch, generator=generator)
+                    with self._recalibrated(arch, weights):
+                        net.eval()
+                        for x, y in self._slices(start, stop):
+                            logits = net(x, arch, weights).float()
+                            totals[0] += (logits.argmax(1) != y).sum()
+                            totals[1] += F.cross_entropy(logits, y, reduction="sum")
+        finally:
+            net.train(was_training)
+        return totals
+
+    def _slices(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for first in range(start, stop, self.config.batch_size):
+            last = min(first + self.config.batch_size, stop)
+            yield self.images[first:last], self.labels[first:last]
+
+    @contextlib.contextmanager
+    def _recalibrated(self, arch: Architecture, weights: list[torch.Tensor]) -> Iterator[None]:
+        """BN running statistics re-estimated for `arch`, restored afterwards."""
+        if not self.recalibration:
+            yield
+            return
+        norms = [*self.net.transition_norms, self.net.head_norm]
+        saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]  # type: ignore[union-attr]
+        try:
+            for n in norms:
+                n.reset_running_stats()
+            self.net.train()
+            for i, x in enumerate(self.recalibration):
+                for n in norms:
+                    n.momentum = 1.0 / (i + 1)  # running stats become the plain mean over batches
+                self.net(x, arch, weights)
+            yield
+        finally:
+            for n, (mean, var, momentum) in zip(norms, saved):
+                n.running_mean.copy_(mean)  # type: ignore[union-attr]
+                n.running_var.copy_(var)  # type: ignore[union-attr]
+                n.momentum = momentum

@@ -1,0 +1,242 @@
+"""Search strategies over a trained SMASH network, streaming (architecture, score) results.
+
+All strategies share three rules:
+
+- an architecture is identified by its hash and is never scored twice in one search
+  (and, given the scores a search already has, never again after a restart: pass them
+  as `known`, and the same seed replays the same decisions without rescoring);
+- every newly scored architecture is reported through `on_result` as soon as its score
+  exists, so a crash loses at most the one being scored;
+- randomness comes from one numpy Generator, so a seed fixes the whole search.
+
+Strategies: random sampling of N; perturbation of the top k; the original's greedy
+Markov chain (accept a perturbation only if it scores better); regularised evolution
+(Real et al. 2019) with the SMASH score as fitness; and "paper", the original's
+sequence of random sampling, perturbation of the best, then the Markov chain.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.arch import Architecture
+from engine.sampler import perturb, sample
+from engine.score import Score
+from engine.space import SearchSpace
+
+STRATEGIES = ("random", "perturb", "markov", "evolution", "paper")
+
+ScoreBatch = Callable[[Sequence[Architecture]], list[Score]]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What a search does and how much it scores."""
+
+    strategy: str = "random"  # one of STRATEGIES
+    architectures: int = 500  # random candidates (random, paper) or evaluations (evolution)
+    top_k: int = 10  # how many of the best are perturbed (perturb, paper)
+    perturbations: int = 100  # perturbations of the best (perturb, paper)
+    perturb_p: float = 0.05  # probability that each field is resampled by a perturbation
+    markov_steps: int = 100  # greedy chain steps (markov, paper)
+    population: int = 50  # regularised evolution: population size
+    tournament: int = 10  # regularised evolution: sample size of each tournament
+    batch: int = 16  # candidates handed to the scorer at once (racing needs many)
+    seed: int = 0  # the whole search follows from it
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown search strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
+        for name in ("architectures", "top_k", "population", "tournament", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SearchConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.perturbations < 0 or self.markov_steps < 0:
+            raise ValueError("SearchConfig: perturbations and markov_steps must be >= 0")
+        if not 0.0 < self.perturb_p <= 1.0:
+            raise ValueError(f"SearchConfig.perturb_p must be in (0, 1], got {self.perturb_p}")
+        if self.tournament > self.population:
+            raise ValueError("SearchConfig.tournament cannot exceed population")
+
+    @property
+    def budget(self) -> int:
+        """Most architectures the search scores (for progress bars)."""
+        if self.strategy == "random":
+            return self.architectures
+        # perturb and markov start from top_k random samples when given nothing to start from
+        if self.strategy == "perturb":
+            return self.top_k + self.perturbations
+        if self.strategy == "markov":
+            return self.top_k + self.markov_steps
+        if self.strategy == "evolution":
+            return self.architectures
+        return self.architectures + self.perturbations + self.markov_steps
+
+
+@dataclass(frozen=True)
+class Result:
+    arch: Architecture
+    score: Score
+    source: str  # how the search found it: random / perturb / markov / evolution
+
+
+class _Book:
+    """Scores so far, by hash; scores new architectures in batches and reports them."""
+
+    def __init__(
+        self,
+        score_batch: ScoreBatch,
+        known: dict[str, Score],
+        on_result: Callable[[Result], None] | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.score_batch = score_batch
+        self.scores: dict[str, Score] = dict(known)
+        self.results: list[Result] = []
+        self.on_result = on_result
+        self.should_stop = should_stop
+        self.stopped = False
+
+    def score(self, archs: Sequence[Architecture], source: str) -> list[Score]:
+        """Scores of `archs`: known ones looked up, new ones (deduplicated) scored once."""
+        new: dict[str, Architecture] = {}
+        for a in archs:
+            if a.hash not in self.scores and a.hash not in new:
+                new[a.hash] = a
+        if new:
+            if self.should_stop is not None and self.should_stop():
+                self.stopped = True
+                raise _Stopped
+            fresh = list(new.values())
+            for a, s in zip(fresh, self.score_batch(fresh)):
+                self.scores[a.hash] = s
+                result = Result(a, s, source)
+                self.results.append(result)
+                if self.on_result is not None:
+                    self.on_result(result)
+        return [self.scores[a.hash] for a in archs]
+
+    def best(self, pool: Sequence[Architecture], k: int) -> list[Architecture]:
+        return sorted(pool, key=lambda a: _rank(self.scores[a.hash]))[:k]
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _rank(score: Score) -> tuple[float, float]:
+    return (score.error, score.loss)
+
+
+def run_search(
+    space: SearchSpace,
+    config: SearchConfig,
+    score_batch: ScoreBatch,
+    *,
+    known: dict[str, Score] | None = None,
+    start: Sequence[Architecture] = (),
+    on_result: Callable[[Result], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[Result], bool]:
+    """Run `config.strategy`.
+
+    Args:
+        space: the search space the architectures come from.
+        config: strategy and budgets.
+        score_batch: scores a list of architectures (full scoring or racing).
+        known: scores already recorded for this checkpoint, by hash: never rescored.
+        start: architectures to start from (perturb / markov / evolution); when empty
+            they start from the best of `known`, or from random samples.
+        on_result: called with each newly scored architecture.
+        should_stop: polled before each scoring batch; True ends the search early.
+
+    Returns:
+        The newly scored results, and whether the search ran to its end.
+    """
+    rng = np.random.default_rng([config.seed, 3])
+    book = _Book(score_batch, known or {}, on_result, should_stop)
+    pool = list(start)
+    try:
+        if config.strategy in ("random", "paper"):
+            pool += _random(space, config, rng, book)
+        if config.strategy in ("perturb", "paper"):
+            pool = _seed_pool(space, config, rng, book, pool)
+            pool += _perturb_top(space, config, rng, book, pool)
+        if config.strategy in ("markov", "paper"):
+            pool = _seed_pool(space, config, rng, book, pool)
+            _markov(space, config, rng, book, pool)
+        if config.strategy == "evolution":
+            _evolution(space, config, rng, book, pool)
+    except _Stopped:
+        return book.results, False
+    return book.results, True
+
+
+def _seed_pool(
+    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
+) -> list[Architecture]:
+    """A non-empty scored pool: the given one, else random samples."""
+    if not pool:
+        pool = [sample(space, rng) for _ in range(config.top_k)]
+    book.score(pool, "random")
+    return pool
+
+
+def _random(space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book) -> list[Architecture]:
+    drawn: list[Architecture] = []
+    for first in range(0, config.architectures, config.batch):
+        batch = [sample(space, rng) for _ in range(min(config.batch, config.architectures - first))]
+        book.score(batch, "random")
+        drawn += batch
+    return drawn
+
+
+def _perturb_top(
+    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
+) -> list[Architecture]:
+    """Perturbations of the top k, spread round-robin over them."""
+    top = book.best(pool, config.top_k)
+    made: list[Architecture] = []
+    for first in range(0, config.perturbations, config.batch):
+        count = min(config.batch, config.perturbations - first)
+        batch = [perturb(top[(first + i) % len(top)], space, rng, config.perturb_p) for i in range(count)]
+        book.score(batch, "perturb")
+        made += batch
+    return made
+
+
+def _markov(
+    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
+) -> Architecture:
+    """Greedy chain from the best so far: accept a perturbation only if it scores better."""
+    current = book.best(pool, 1)[0]
+    for _ in range(config.markov_steps):
+        proposal = perturb(current, space, rng, config.perturb_p)
+        if _rank(book.score([proposal], "markov")[0]) < _rank(book.scores[current.hash]):
+            current = proposal
+    return current
+
+
+def _evolution(
+    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
+) -> None:
+    """Regularised evolution: tournament selection, mutate the winner, the oldest dies."""
+    population: collections.deque[Architecture] = collections.deque(pool[-config.population :])
+    while len(population) < config.population:
+        need = config.population - len(population)
+        batch = [sample(space, rng) for _ in range(min(need, config.batch))]
+        book.score(batch, "random")
+        population.extend(batch)
+    book.score(list(population), "random")
+    # Every member and every child counts as one evaluation, scored now or known
+    # already, so a resumed search takes exactly the turns of an uninterrupted one.
+    for _ in range(config.architectures - len(population)):
+        picks = rng.choice(len(population), size=config.tournament, replace=False)
+        parent = min((population[int(i)] for i in picks), key=lambda a: _rank(book.scores[a.hash]))
+        child = perturb(parent, space, rng, config.perturb_p)
+        book.score([child], "evolution")
+        population.append(child)
+        population.popleft()

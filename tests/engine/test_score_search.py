@@ -1,0 +1,145 @@
+"""Scoring (full, z averaging, BN recalibration, racing) and the search strategies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.arch import validate
+from engine.data import Dataset, DeviceImages
+from engine.network import SmashNet
+from engine.sampler import sample
+from engine.score import RaceConfig, Score, ScoreConfig, Scorer
+from engine.search import STRATEGIES, SearchConfig, run_search
+from engine.space import PRESETS
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def net() -> SmashNet:
+    torch.manual_seed(0)
+    return SmashNet(TINY).to(memory_format=torch.channels_last).eval()
+
+
+def _scorer(net: SmashNet, data: Dataset, **options) -> Scorer:
+    val = DeviceImages(data.val, "cpu", data.mean, data.std)
+    train = DeviceImages(data.train, "cpu", data.mean, data.std)
+    return Scorer(net, val, ScoreConfig(batch_size=64, **options), train=train)
+
+
+def test_scoring_is_deterministic_for_a_seed(net: SmashNet, small_synthetic: Dataset) -> None:
+    arch = sample(TINY, np.random.default_rng(0))
+    first = _scorer(net, small_synthetic, seed=3).score(arch)
+    again = _scorer(net, small_synthetic, seed=3).score(arch)
+    assert first == again
+    assert first.images == 200 and first.method == "full" and 0 <= first.error <= 100
+    other_seed = _scorer(net, small_synthetic, seed=4).score(arch)
+    assert other_seed.loss != first.loss  # a different z
+
+
+def test_z_draws_average_and_subsets(net: SmashNet, small_synthetic: Dataset) -> None:
+    arch = sample(TINY, np.random.default_rng(1))
+    one = _scorer(net, small_synthetic, seed=0, z_draws=1).score(arch)
+    three = _scorer(net, small_synthetic, seed=0, z_draws=3).score(arch)
+    assert three.z_draws == 3 and three.loss != one.loss
+    part = _scorer(net, small_synthetic, images=50).score(arch)
+    assert part.images == 50
+
+
+def test_bn_recalibration_changes_the_score_and_restores_the_shared_statistics(
+    net: SmashNet, small_synthetic: Dataset
+) -> None:
+    arch = sample(TINY, np.random.default_rng(2))
+    before = net.head_norm.running_mean.clone()
+    plain = _scorer(net, small_synthetic).score(arch)
+    recal = _scorer(net, small_synthetic, bn_recalibration_batches=3, bn_batch_size=32).score(arch)
+    assert recal.loss != plain.loss
+    assert torch.equal(net.head_norm.running_mean, before)  # shared statistics untouched
+    assert not net.training
+
+
+def test_racing_finds_the_same_top_five_as_full_scoring(small_synthetic: Dataset) -> None:
+    # A network trained on one architecture family separates architectures clearly.
+    torch.manual_seed(0)
+    net = SmashNet(TINY).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    train = DeviceImages(small_synthetic.train, "cpu", small_synthetic.mean, small_synthetic.std)
+    rng = np.random.default_rng(0)
+    g = torch.Generator().manual_seed(0)
+    for x, y in train.batches(50, shuffle=True, generator=g, drop_last=True, channels_last=True):
+        loss = torch.nn.functional.cross_entropy(net(x, sample(TINY, rng)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    archs = [sample(TINY, np.random.default_rng(100 + i)) for i in range(24)]
+    scorer = _scorer(net, small_synthetic, seed=0)
+    full = scorer.score_many(archs)
+    streamed: list[Score] = []
+    raced = scorer.race(archs, RaceConfig(top_k=5, first_images=25, keep=0.5), on_result=lambda a, s: streamed.append(s))
+    top = lambda scores: sorted(range(len(scores)), key=lambda i: (scores[i].error, scores[i].loss, i))[:5]  # noqa: E731
+    assert top(raced) == top(full)
+    assert sum(s.images for s in raced) < 0.6 * sum(s.images for s in full)  # cheaper
+    assert sorted(streamed, key=id) == sorted(raced, key=id) and len(streamed) == len(archs)
+    for r, f in zip(raced, full):
+        if r.method == "full":
+            assert r == f  # survivors get exactly the full score
+
+
+class _FakeScorer:
+    """Deterministic scores from the architecture alone, counting every call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seen: list[str] = []
+
+    def __call__(self, archs):
+        self.calls += len(archs)
+        self.seen += [a.hash for a in archs]
+        return [Score(error=float(int(a.hash[:6], 16) % 1000) / 10, loss=1.0, images=1, z_draws=1, method="full") for a in archs]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_yields_valid_unique_architectures(strategy: str) -> None:
+    fake = _FakeScorer()
+    config = SearchConfig(
+        strategy=strategy, architectures=40, top_k=5, perturbations=20, markov_steps=15,
+        population=12, tournament=4, batch=8, seed=1,
+    )
+    streamed = []
+    results, finished = run_search(TINY, config, fake, on_result=streamed.append)
+    assert finished and results == streamed and results
+    hashes = [r.arch.hash for r in results]
+    assert len(hashes) == len(set(hashes)) == fake.calls  # nothing scored twice
+    assert len(fake.seen) == len(set(fake.seen))
+    for r in results:
+        validate(r.arch, TINY)
+    assert len(results) <= config.budget
+
+
+def test_search_resumes_without_rescoring_and_follows_the_same_path() -> None:
+    config = SearchConfig(strategy="evolution", architectures=30, population=10, tournament=3, batch=5, seed=7)
+    whole, _ = run_search(TINY, config, _FakeScorer())
+    stop_after = {"n": 0}
+
+    def stop() -> bool:
+        stop_after["n"] += 1
+        return stop_after["n"] > 8
+
+    partial, finished = run_search(TINY, config, _FakeScorer(), should_stop=stop)
+    assert not finished and 0 < len(partial) < len(whole)
+    known = {r.arch.hash: r.score for r in partial}
+    fake = _FakeScorer()
+    rest, finished = run_search(TINY, config, fake, known=known)
+    assert finished
+    assert not set(fake.seen) & set(known)  # nothing scored again
+    assert [r.arch.hash for r in partial + rest] == [r.arch.hash for r in whole]
+
+
+def test_bad_search_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown search strategy 'greedy'"):
+        SearchConfig(strategy="greedy")
+    with pytest.raises(ValueError, match="architectures must be positive"):
+        SearchConfig(architectures=-3)
