@@ -89,10 +89,8 @@ def _check_schema(db: Database) -> None:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
 
-def test_sqlite_connections_are_configured(db: Database, backend: str) -> None:
-    if backend != "sqlite":
-        pytest.skip("SQLite pragmas")
-    with db.engine.connect() as connection:
+def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
+    with open_database(str(tmp_path / "smash.db")) as db, db.engine.connect() as connection:
         pragmas = {
             name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
             for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")
