@@ -212,7 +212,7 @@ def enqueue(
     return job
 
 
-def _claimable(kinds: Sequence[str] | None) -> Any:
+def _claimable(kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> Any:
     dependency = jobs.alias("dependency")
     dependency_done = exists().where(
         dependency.c.id == jobs.c.depends_on_id, dependency.c.state == "done"
@@ -225,6 +225,8 @@ def _claimable(kinds: Sequence[str] | None) -> Any:
     )
     if kinds is not None:
         query = query.where(jobs.c.kind.in_(kinds))
+    if job_ids is not None:
+        query = query.where(jobs.c.id.in_(job_ids))
     return query
 
 
@@ -263,7 +265,11 @@ def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
 
 
 def claim(
-    engine_or_db: Engine | Database, worker_id: str, *, kinds: Iterable[str] | None = None
+    engine_or_db: Engine | Database,
+    worker_id: str,
+    *,
+    kinds: Iterable[str] | None = None,
+    job_ids: Iterable[int] | None = None,
 ) -> int | None:
     """Atomically take the best runnable queued job for a worker.
 
@@ -275,6 +281,8 @@ def claim(
         engine_or_db: The database.
         worker_id: The claiming worker's id (see register_worker).
         kinds: Only claim jobs of these kinds; None claims any.
+        job_ids: Only claim among these jobs (a foreground run of one experiment's
+            jobs); None claims any.
 
     Returns:
         The claimed job id, now running and owned by the worker, or None.
@@ -284,7 +292,8 @@ def claim(
     for kind in kind_list or ():
         if kind not in JOB_KINDS:
             raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
-    candidates_query = _claimable(kind_list)
+    id_list = None if job_ids is None else tuple(int(job_id) for job_id in job_ids)
+    candidates_query = _claimable(kind_list, id_list)
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
             _cancel_orphans(connection)

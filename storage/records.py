@@ -356,6 +356,34 @@ def scored_hashes(
     return set(session.scalars(query))
 
 
+def scores_by_hash(
+    session: Session, experiment_id: int, checkpoint_id: int | None
+) -> dict[str, Score]:
+    """The newest score of each of the experiment's architectures against a checkpoint.
+
+    A resumed search passes these to the engine as what it already knows, so
+    nothing is scored twice.
+
+    Args:
+        session: The caller's session.
+        experiment_id: The experiment.
+        checkpoint_id: The checkpoint; None means scores recorded without one.
+    """
+    query = (
+        select(Architecture.hash, Score)
+        .join(Score, Score.architecture_id == Architecture.id)
+        .where(Architecture.experiment_id == experiment_id)
+        .where(
+            Score.checkpoint_id.is_(None)
+            if checkpoint_id is None
+            else Score.checkpoint_id == checkpoint_id
+        )
+        .order_by(Score.id)
+    )
+    # Ascending ids: a newer score of the same architecture overwrites an older one.
+    return {hash_: score for hash_, score in session.execute(query)}
+
+
 def add_metrics(session: Session, rows: Iterable[MetricIn]) -> None:
     """Record metric points; a point recorded again (a re-run step) replaces the old value.
 
@@ -448,6 +476,26 @@ def add_checkpoint(
     return session.scalars(query.execution_options(populate_existing=True)).one()
 
 
+def latest_train_checkpoint(session: Session, experiment_id: int) -> Checkpoint | None:
+    """The newest checkpoint of the experiment's finished HyperNet training jobs.
+
+    What scoring and exports use when no particular checkpoint is asked for:
+    the highest step of the most recent train job that is done.
+
+    Args:
+        session: The caller's session.
+        experiment_id: The experiment.
+    """
+    query = (
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.experiment_id == experiment_id, Job.kind == "train", Job.state == "done")
+        .order_by(Job.id.desc(), Checkpoint.step.desc(), Checkpoint.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 def set_retrain_state(session: Session, architecture_ids: Iterable[int], state: str | None) -> None:
     """Set the browse column ``retrain_state`` (e.g. "queued" when a retrain job is enqueued).
 
@@ -485,6 +533,17 @@ def start_retrain(session: Session, architecture_id: int, job_id: int, *, epochs
     session.flush()
     set_retrain_state(session, [architecture_id], "running")
     return retrain
+
+
+def unfinished_retrain(session: Session, job_id: int) -> Retrain | None:
+    """The retrain a job started and has not finished (a paused or crashed run), if any."""
+    query = (
+        select(Retrain)
+        .where(Retrain.job_id == job_id, Retrain.finished_at.is_(None))
+        .order_by(Retrain.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query.execution_options(populate_existing=True)).first()
 
 
 def _unfinished_retrain(session: Session, retrain_id: int) -> Retrain:
