@@ -1,0 +1,808 @@
+"""The worker: claims jobs from the database and runs them with the engine.
+
+``Worker.run`` registers the process, then claims and runs jobs until it is told to
+stop (SIGTERM, Ctrl-C, ``stop()``) or, with ``once``, until nothing is left to claim.
+A background thread sends heartbeats every few seconds (job progress, the worker's
+own liveness), picks up pause and cancel requests, and requeues jobs of workers that
+went silent. The engine loops poll ``should_stop`` between steps; a stopped job has
+checkpointed and is marked paused, cancelled or requeued, and the next claim resumes
+it from its checkpoint.
+
+Everything the job produces is written as it comes: metric points in batches,
+checkpoints, scored architectures in small committed batches (a ``kill -9`` loses
+at most the last uncommitted handful), activity-log events. Logs go to a file under
+the database's logs folder, never to a terminal; a foreground caller watches through
+a ``WorkerObserver`` instead.
+
+Metric names: train jobs ``loss``, ``accuracy``, ``lr``, ``images_per_s`` (per report
+step) and ``val_error``, ``val_loss`` (per epoch end); retrain jobs ``train_loss``,
+``train_acc``, ``val_acc``, ``lr``, ``images_per_s`` (per epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.arch import Architecture, InvalidArchitecture
+from engine.checkpoint import CheckpointError
+from engine.data import DatasetError
+from engine.retrain import RetrainError
+from engine.score import Score
+from engine.space import InvalidSearchSpace
+from engine.train import TrainingDiverged
+from engine.worker import (
+    ConfigError,
+    ExperimentSpec,
+    RetrainParams,
+    ScoredArchitecture,
+    ScoreParams,
+    SearchParams,
+    TrainParams,
+    first_line,
+    resolve_device,
+    run_retrain_job,
+    run_score_job,
+    run_search_job,
+    run_train,
+    score_method,
+    set_threads,
+)
+from storage import queue, records
+from storage.db import Database
+from storage.errors import JobStateError, StorageError
+from storage.models import JOB_KINDS, Checkpoint, Experiment, Job
+from storage.queries import list_jobs
+from storage.records import ArchitectureIn, MetricIn, ScoreIn
+
+log = logging.getLogger("smash.worker")
+
+# Errors whose message is meant for the user as it is; anything else is a bug or an
+# accident of the environment and gets its type name and a pointer to the log.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    DatasetError,
+    CheckpointError,
+    InvalidArchitecture,
+    InvalidSearchSpace,
+    TrainingDiverged,
+    RetrainError,
+    StorageError,
+)
+TERMINAL_STATES = ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs."""
+
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    kinds: tuple[str, ...] | None = None  # job kinds to claim; None claims every kind
+    once: bool = False  # exit when no claimable job is left instead of waiting for more
+    job_ids: tuple[int, ...] | None = None  # claim only these, and exit once they have ended
+    poll_s: float = 2.0  # seconds between looks at the queue while idle
+    heartbeat_s: float = 3.0  # seconds between heartbeats (and pause/cancel checks)
+    stale_after_s: float = 60.0  # a running job silent this long is requeued (any worker's)
+    metrics_every_s: float = 5.0  # seconds between batched metric writes
+    threads: int | None = None  # torch intra-op threads; None leaves torch's choice
+
+    def __post_init__(self) -> None:
+        for name in ("poll_s", "heartbeat_s", "stale_after_s", "metrics_every_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+        if self.heartbeat_s >= self.stale_after_s:
+            raise ConfigError(
+                f"the heartbeat interval ({self.heartbeat_s:g} s) must be shorter than the "
+                f"stale timeout ({self.stale_after_s:g} s), or live jobs would be requeued"
+            )
+        unknown = sorted(set(self.kinds or ()) - set(JOB_KINDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown job kind(s) {', '.join(unknown)} (one of {', '.join(JOB_KINDS)})"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+
+
+class WorkerObserver(Protocol):
+    """What a foreground caller sees of a worker (called from the worker's thread)."""
+
+    def job_started(self, job_id: int, kind: str, experiment_id: int) -> None:
+        """A job was claimed and is starting (or resuming)."""
+
+    def job_progress(self, job_id: int, fraction: float, text: str) -> None:
+        """A running job reported progress."""
+
+    def job_ended(self, job_id: int, state: str, message: str) -> None:
+        """A job ended here: done, failed, paused, cancelled, queued (requeued) or lost."""
+
+    def waiting(self, text: str) -> None:
+        """Nothing to claim now; the worker waits for the jobs it was given."""
+
+
+# A job handler returns None when the job stopped on request, else what to write
+# in the transaction that marks it done.
+Finalizer = Callable[[Session], None]
+
+
+class _JobContext:
+    """One running job: the engine's `JobReporter`, backed by the database.
+
+    The main thread reports through it; the heartbeat thread reads the latest
+    progress and hands back the user's requests.
+    """
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker = worker
+        self.db = worker.db
+        self.job_id = job.id
+        self.kind = job.kind
+        self.experiment_id = job.experiment_id
+        self.checkpoint_id: int | None = None  # HyperNet checkpoint scores are recorded against
+        self.retrain_id: int | None = None  # the retrain row of a retrain job
+        self.scored_count = 0
+        self.best_error = math.inf
+        self._lock = threading.Lock()
+        self._progress: tuple[float, str, float | None] | None = None
+        self._request = "none"
+        self._taken_away = False
+        self._metrics: list[MetricIn] = []
+        self._metrics_written = time.monotonic()
+
+    # --- the heartbeat thread's side ---
+
+    def pending_progress(self) -> tuple[float | None, str | None, float | None]:
+        with self._lock:
+            if self._progress is None:
+                return None, None, None
+            return self._progress
+
+    def apply(self, control: queue.Control) -> None:
+        with self._lock:
+            if control.taken_away:
+                self._taken_away = True
+            self._request = control.request
+
+    @property
+    def taken_away(self) -> bool:
+        with self._lock:
+            return self._taken_away
+
+    # --- JobReporter ---
+
+    def progress(self, fraction: float, text: str, eta_s: float | None = None) -> None:
+        with self._lock:
+            self._progress = (fraction, text, eta_s)
+        self.worker.notify("job_progress", self.job_id, fraction, text)
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        self._metrics.extend(
+            MetricIn(self.job_id, step, name, float(value)) for name, value in values.items()
+        )
+        if time.monotonic() - self._metrics_written >= self.worker.config.metrics_every_s:
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        if self._metrics:
+            with self.db.session() as session:
+                records.add_metrics(session, self._metrics)
+                session.commit()
+            self._metrics = []
+        self._metrics_written = time.monotonic()
+
+    def event(self, message: str, level: str = "info") -> None:
+        log.info("job %d: %s", self.job_id, message)
+        with self.db.session() as session:
+            records.add_event(
+                session, message, level=level, job_id=self.job_id, experiment_id=self.experiment_id
+            )
+            session.commit()
+
+    def checkpoint(self, step: int, path: str, metrics: Mapping[str, float]) -> None:
+        # Points up to the checkpoint go in first, so a resumed run's curve has no gap.
+        self.flush_metrics()
+        with self.db.session() as session:
+            records.add_checkpoint(session, self.job_id, step, path, dict(metrics))
+            session.commit()
+        log.info("job %d: checkpoint at step %d: %s", self.job_id, step, path)
+
+    def scored(self, results: Sequence[ScoredArchitecture]) -> None:
+        with self.db.session() as session:
+            ids = records.add_architectures(
+                session,
+                self.experiment_id,
+                [
+                    ArchitectureIn(
+                        hash=item.hash,
+                        spec=item.spec,
+                        params=item.params,
+                        flops=item.flops,
+                        depth=item.depth,
+                        num_ops=item.num_ops,
+                        source=item.source,
+                    )
+                    for item in results
+                ],
+            )
+            records.add_scores(
+                session,
+                [
+                    ScoreIn(
+                        architecture_id=ids[item.hash],
+                        error=item.error,
+                        loss=item.loss,
+                        images=item.images,
+                        z_draws=item.z_draws,
+                        method=item.method,
+                        checkpoint_id=self.checkpoint_id,
+                        job_id=self.job_id,
+                    )
+                    for item in results
+                ],
+            )
+            session.commit()
+        self.scored_count += len(results)
+        self.best_error = min([self.best_error, *(item.error for item in results)])
+        log.info("job %d: committed %d scored architectures", self.job_id, len(results))
+
+    def should_stop(self) -> bool:
+        with self._lock:
+            asked = self._taken_away or self._request != "none"
+        return asked or self.worker.stopping
+
+
+class Worker:
+    """A worker process's main loop (see the module docstring).
+
+    Args:
+        db: The database to take jobs from.
+        config: Device, kinds, timings.
+        observer: Told about jobs as they run (the foreground CLI's progress bars).
+    """
+
+    def __init__(
+        self, db: Database, config: WorkerConfig = WorkerConfig(), observer: Any = None
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.observer: WorkerObserver | None = observer
+        self.worker_id: str | None = None
+        self.log_path: Path | None = None
+        self.interrupted = False  # stopped by Ctrl-C: the foreground CLI exits with 130
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_kick = threading.Event()
+        self._current: _JobContext | None = None
+        self._device: torch.device | None = None
+
+    # --- control ---
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked for: the current job checkpoints and is requeued."""
+        return self._stop.is_set()
+
+    def stop(self, *, interrupted: bool = False) -> None:
+        """Ask the worker to stop after the current step (safe from a signal handler)."""
+        self.interrupted = self.interrupted or interrupted
+        self._stop.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> Callable[[], None]:
+        """Make SIGTERM and SIGINT stop the worker gracefully; a second Ctrl-C aborts at once.
+
+        Returns:
+            A function that restores the previous handlers.
+        """
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if signum == signal.SIGINT and self.stopping:
+                raise KeyboardInterrupt
+            log.info("received %s: stopping after the current step", signal.Signals(signum).name)
+            self.stop(interrupted=signum == signal.SIGINT)
+
+        for sig in previous:
+            signal.signal(sig, handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def notify(self, method: str, *args: Any) -> None:
+        """Call an observer method, if there is an observer; its errors never stop a job."""
+        if self.observer is None:
+            return
+        try:
+            getattr(self.observer, method)(*args)
+        except Exception:  # noqa: BLE001 - a display problem must not fail the job
+            log.warning("observer %s failed", method, exc_info=True)
+
+    # --- the main loop ---
+
+    def run(self) -> int:
+        """Register, claim and run jobs until stopped (or, with ``once``, until none is left).
+
+        Returns:
+            0, or 130 when Ctrl-C stopped it.
+
+        Raises:
+            ConfigError: The device does not exist here.
+            StorageError: The database cannot be used.
+        """
+        self._device = resolve_device(self.config.device)
+        if self.config.threads is not None:
+            set_threads(self.config.threads)
+        self.worker_id = queue.register_worker(self.db, device=str(self._device))
+        handler = self._open_log()
+        heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name="smash-heartbeat", daemon=True
+        )
+        log.info(
+            "worker %s started on %s (database %s, pid %d)",
+            self.worker_id,
+            self._device,
+            self.db.redacted_url,
+            os.getpid(),
+        )
+        heartbeat.start()
+        try:
+            queue.requeue_stale(self.db, self.config.stale_after_s)
+            while not self.stopping:
+                job_id = queue.claim(
+                    self.db, self.worker_id, kinds=self.config.kinds, job_ids=self.config.job_ids
+                )
+                if job_id is not None:
+                    self._run_job(job_id)
+                    continue
+                if self._nothing_left():
+                    break
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
+        finally:
+            self._heartbeat_stop.set()
+            self._heartbeat_kick.set()
+            heartbeat.join(timeout=30)
+            try:
+                queue.stop_worker(self.db, self.worker_id)
+            except StorageError:
+                log.warning("could not record the worker's stop", exc_info=True)
+            log.info("worker %s stopped", self.worker_id)
+            logging.getLogger("smash").removeHandler(handler)
+            handler.close()
+        return 130 if self.interrupted else 0
+
+    def _open_log(self) -> logging.Handler:
+        assert self.worker_id is not None
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", self.worker_id)
+        self.log_path = self.db.logs_dir / f"worker-{name}.log"
+        handler = logging.FileHandler(self.log_path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("smash")
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False  # never to a terminal: a UI may own it
+        return handler
+
+    def _nothing_left(self) -> bool:
+        """Whether the loop should end now that nothing could be claimed."""
+        if self.config.job_ids is None:
+            return self.config.once
+        with self.db.session() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(Job.id.in_(self.config.job_ids))
+                .order_by(Job.id)
+                .execution_options(populate_existing=True)
+            ).all()
+            waiting_on: list[str] = []
+            for job in jobs:
+                if job.state == "running":
+                    waiting_on.append(f"job {job.id} ({job.kind}) runs on worker {job.worker_id}")
+                elif job.state == "queued":
+                    dependency = (
+                        None
+                        if job.depends_on_id is None
+                        else records.get_job(session, job.depends_on_id)
+                    )
+                    if dependency is None or dependency.state in ("queued", "running"):
+                        waiting_on.append(f"job {job.id} ({job.kind}) is queued")
+        if not waiting_on:
+            return True
+        self.notify("waiting", "; ".join(waiting_on))
+        return False
+
+    # --- heartbeats ---
+
+    def _heartbeat_loop(self) -> None:
+        assert self.worker_id is not None
+        stale_every = max(1.0, min(30.0, self.config.stale_after_s / 2))
+        last_stale_check = time.monotonic()
+        while True:
+            self._heartbeat_kick.wait(self.config.heartbeat_s)
+            self._heartbeat_kick.clear()
+            if self._heartbeat_stop.is_set():
+                return
+            try:
+                queue.worker_heartbeat(self.db, self.worker_id)
+                context = self._current
+                if context is not None:
+                    fraction, text, eta = context.pending_progress()
+                    control = queue.heartbeat(
+                        self.db,
+                        context.job_id,
+                        self.worker_id,
+                        progress=fraction,
+                        progress_text=text,
+                        eta=eta,
+                    )
+                    if context is self._current:
+                        context.apply(control)
+                if time.monotonic() - last_stale_check >= stale_every:
+                    last_stale_check = time.monotonic()
+                    for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
+                        log.warning(
+                            "requeued job %d: its worker stopped sending heartbeats", job_id
+                        )
+            except Exception:  # noqa: BLE001 - a busy database must not kill the heartbeat
+                log.warning("heartbeat failed", exc_info=True)
+
+    # --- one job ---
+
+    def _run_job(self, job_id: int) -> None:
+        with self.db.session() as session:
+            job = records.get_job(session, job_id)
+            experiment = records.get_experiment(session, job.experiment_id)
+            if experiment.status != "running":
+                records.set_experiment_status(session, experiment.id, "running")
+            session.commit()
+        context = _JobContext(self, job)
+        self._current = context
+        self._heartbeat_kick.set()  # a pause asked for before the claim is seen at once
+        log.info("job %d (%s) claimed, attempt %d", job.id, job.kind, job.attempts)
+        self.notify("job_started", job.id, job.kind, job.experiment_id)
+        handlers = {
+            "train": self._train,
+            "search": self._search,
+            "score": self._score,
+            "retrain": self._retrain,
+        }
+        try:
+            finalize = handlers[job.kind](context, job, experiment)
+            context.flush_metrics()
+            self._last_heartbeat(context)
+            if finalize is None or context.taken_away:
+                state = self._stopped(context)
+                self.notify("job_ended", job.id, state, "")
+            else:
+                self._finish(context, finalize)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job
+            self._failed(context, exc)
+        except BaseException:
+            # A second Ctrl-C: give the job back rather than leave it running until stale.
+            self._give_back(context)
+            raise
+        finally:
+            self._current = None
+            self._update_experiment_status(job.experiment_id)
+
+    def _last_heartbeat(self, context: _JobContext) -> None:
+        """Write the job's final progress text, which the periodic heartbeat may not have sent."""
+        assert self.worker_id is not None
+        fraction, text, eta = context.pending_progress()
+        if text is not None:
+            context.apply(
+                queue.heartbeat(
+                    self.db,
+                    context.job_id,
+                    self.worker_id,
+                    progress=fraction,
+                    progress_text=text,
+                    eta=eta,
+                )
+            )
+
+    def _finish(self, context: _JobContext, finalize: Finalizer) -> None:
+        assert self.worker_id is not None
+        try:
+            with self.db.session() as session:
+                queue.finish(session, context.job_id, worker_id=self.worker_id)
+                finalize(session)
+                session.commit()
+        except JobStateError as exc:
+            log.warning("job %d: results not marked done: %s", context.job_id, exc)
+            self.notify("job_ended", context.job_id, "lost", str(exc))
+            return
+        log.info("job %d (%s) done", context.job_id, context.kind)
+        self.notify("job_ended", context.job_id, "done", "")
+
+    def _stopped(self, context: _JobContext) -> str:
+        """Mark a job that stopped on request: paused, cancelled or back in the queue."""
+        assert self.worker_id is not None
+        if context.taken_away:
+            log.warning(
+                "job %d was taken away from this worker; its results stop here", context.job_id
+            )
+            return "lost"
+        try:
+            with self.db.session() as session:
+                job = records.get_job(session, context.job_id)
+                if job.requested == "cancel":
+                    job = queue.mark_cancelled(session, job.id, worker_id=self.worker_id)
+                elif job.requested == "pause":
+                    job = queue.mark_paused(session, job.id, worker_id=self.worker_id)
+                else:
+                    # Shutting down, or a pause withdrawn in the meantime: back to the queue.
+                    job = queue.requeue(session, job.id, worker_id=self.worker_id)
+                self._retrain_stopped(session, context, job.state)
+                session.commit()
+        except JobStateError as exc:
+            log.warning("job %d: could not record its stop: %s", context.job_id, exc)
+            return "lost"
+        log.info("job %d (%s) stopped: now %s", context.job_id, context.kind, job.state)
+        return job.state
+
+    def _retrain_stopped(self, session: Session, context: _JobContext, state: str) -> None:
+        if context.retrain_id is None:
+            return
+        retrain = records.get_retrain(session, context.retrain_id)
+        if state == "cancelled":
+            records.fail_retrain(session, retrain.id)
+            records.set_retrain_state(session, [retrain.architecture_id], None)
+        else:
+            records.set_retrain_state(session, [retrain.architecture_id], "queued")
+
+    def _failed(self, context: _JobContext, exc: Exception) -> None:
+        assert self.worker_id is not None
+        if isinstance(exc, USER_ERRORS):
+            message = first_line(exc)
+            log.error("job %d (%s) failed: %s", context.job_id, context.kind, message, exc_info=exc)
+        else:
+            message = f"{type(exc).__name__}: {first_line(exc)} (traceback in {self.log_path})"
+            log.error("job %d (%s) failed", context.job_id, context.kind, exc_info=exc)
+        try:
+            context.flush_metrics()
+        except Exception:  # noqa: BLE001 - the failure itself matters more than its last points
+            log.warning("job %d: could not write its last metrics", context.job_id, exc_info=True)
+        try:
+            with self.db.session() as session:
+                queue.fail(session, context.job_id, message, worker_id=self.worker_id)
+                if context.retrain_id is not None:
+                    records.fail_retrain(session, context.retrain_id)
+                session.commit()
+        except (JobStateError, StorageError) as error:
+            log.warning("job %d: could not record its failure: %s", context.job_id, error)
+        self.notify("job_ended", context.job_id, "failed", message)
+
+    def _give_back(self, context: _JobContext) -> None:
+        assert self.worker_id is not None
+        try:
+            with self.db.session() as session:
+                queue.requeue(session, context.job_id, worker_id=self.worker_id)
+                session.commit()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.warning("job %d: could not requeue it", context.job_id, exc_info=True)
+
+    def _update_experiment_status(self, experiment_id: int) -> None:
+        try:
+            with self.db.session() as session:
+                states = {job.state for job in list_jobs(session, experiment_id)}
+                if states & {"queued", "running", "paused"}:
+                    status = "running"
+                elif "failed" in states:
+                    status = "failed"
+                elif states == {"cancelled"}:
+                    status = "cancelled"
+                else:
+                    status = "done"
+                records.set_experiment_status(session, experiment_id, status)
+                session.commit()
+        except StorageError:
+            log.warning("could not update experiment %d's status", experiment_id, exc_info=True)
+
+    # --- the job kinds ---
+
+    def _job_dir(self, experiment_id: int) -> Path:
+        path = self.db.checkpoints_dir / f"experiment-{experiment_id}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _spec(experiment: Experiment) -> ExperimentSpec:
+        return ExperimentSpec.from_record(
+            experiment.search_space, experiment.config, experiment.seed
+        )
+
+    def _train(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
+        assert self._device is not None
+        spec = self._spec(experiment)
+        params = TrainParams.from_params(job.params)
+        path = self._job_dir(experiment.id) / f"train-{job.id}.pt"
+        if path.exists():
+            with self.db.session() as session:
+                saved = queue.latest_checkpoint(session, job.id)
+            step = "an unrecorded step" if saved is None else f"step {saved.step}"
+            context.event(f"resuming HyperNet training from its checkpoint at {step}")
+        finished = run_train(spec, params, context, device=self._device, checkpoint_path=path)
+        if not finished:
+            return None
+
+        def finalize(session: Session) -> None:
+            saved = queue.latest_checkpoint(session, job.id)
+            step = "?" if saved is None else saved.step
+            records.add_event(session, f"HyperNet trained: {step} steps", job_id=job.id)
+
+        return finalize
+
+    def _hypernet_checkpoint(
+        self, session: Session, job: Job, experiment: Experiment
+    ) -> Checkpoint:
+        if job.depends_on_id is not None:
+            dependency = records.get_job(session, job.depends_on_id)
+            if dependency.kind == "train":
+                saved = queue.latest_checkpoint(session, dependency.id)
+                if saved is None:
+                    raise ConfigError(f"train job {dependency.id} has no checkpoint to search with")
+                return saved
+        saved = records.latest_train_checkpoint(session, experiment.id)
+        if saved is None:
+            raise ConfigError(f"experiment {experiment.id} has no trained HyperNet yet")
+        return saved
+
+    def _search(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
+        assert self._device is not None
+        spec = self._spec(experiment)
+        params = SearchParams.from_params(job.params)
+        with self.db.session() as session:
+            saved = self._hypernet_checkpoint(session, job, experiment)
+            rows = records.scores_by_hash(session, experiment.id, saved.id)
+        context.checkpoint_id = saved.id
+        known = {
+            hash_: Score(
+                error=row.error,
+                loss=math.nan if row.loss is None else row.loss,
+                images=row.images,
+                z_draws=row.z_draws,
+                method=row.method,
+            )
+            for hash_, row in rows.items()
+        }
+        if known:
+            context.event(
+                f"resuming search: {len(known)} architectures already scored against "
+                f"checkpoint {saved.id} are not scored again"
+            )
+        finished = run_search_job(
+            spec,
+            params,
+            context,
+            device=self._device,
+            hypernet_path=Path(saved.path),
+            known=known,
+        )
+        if not finished:
+            return None
+
+        def finalize(session: Session) -> None:
+            best = (
+                "" if math.isinf(context.best_error) else f"; best error {context.best_error:.2f}%"
+            )
+            records.add_event(
+                session,
+                f"search done: {context.scored_count} architectures scored by this run "
+                f"({len(known)} known before){best}",
+                job_id=job.id,
+            )
+
+        return finalize
+
+    def _score(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
+        assert self._device is not None
+        spec = self._spec(experiment)
+        params = ScoreParams.from_params(job.params)
+        with self.db.session() as session:
+            if params.checkpoint_id is not None:
+                saved: Checkpoint | None = records.get_checkpoint(session, params.checkpoint_id)
+            else:
+                saved = records.latest_train_checkpoint(session, experiment.id)
+            if saved is None:
+                raise ConfigError(f"experiment {experiment.id} has no trained HyperNet yet")
+            rows = [records.get_architecture(session, ident) for ident in params.architecture_ids]
+            method = score_method("full", params.score)
+            done = records.scored_hashes(session, experiment.id, saved.id, method=method)
+        for row in rows:
+            if row.experiment_id != experiment.id:
+                raise ConfigError(
+                    f"architecture {row.id} belongs to experiment {row.experiment_id}, "
+                    f"not {experiment.id}"
+                )
+        context.checkpoint_id = saved.id
+        todo = [Architecture.from_json(row.spec) for row in rows if row.hash not in done]
+        if len(todo) < len(rows):
+            context.event(
+                f"{len(rows) - len(todo)} of {len(rows)} architectures already have a "
+                f"{method} score against checkpoint {saved.id}"
+            )
+        finished = run_score_job(
+            spec,
+            params,
+            context,
+            device=self._device,
+            hypernet_path=Path(saved.path),
+            architectures=todo,
+        )
+        return (lambda _session: None) if finished else None
+
+    def _retrain(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
+        assert self._device is not None
+        spec = self._spec(experiment)
+        params = RetrainParams.from_params(job.params)
+        with self.db.session() as session:
+            row = records.get_architecture(session, params.architecture_id)
+            if row.experiment_id != experiment.id:
+                raise ConfigError(
+                    f"architecture {row.id} belongs to experiment {row.experiment_id}, "
+                    f"not {experiment.id}"
+                )
+            retrain = records.unfinished_retrain(session, job.id)
+            if retrain is None:
+                retrain = records.start_retrain(
+                    session, row.id, job.id, epochs=params.retrain.epochs
+                )
+            else:
+                records.set_retrain_state(session, [row.id], "running")
+            session.commit()
+        context.retrain_id = retrain.id
+        arch = Architecture.from_json(row.spec)
+        folder = self._job_dir(experiment.id)
+        checkpoint_path = folder / f"retrain-{job.id}.pt"
+        weights_path = folder / f"retrain-{job.id}-weights.pt"
+        if checkpoint_path.exists():
+            context.event("resuming the retrain from its checkpoint")
+        result = run_retrain_job(
+            spec,
+            params,
+            arch,
+            context,
+            device=self._device,
+            checkpoint_path=checkpoint_path,
+            weights_path=weights_path,
+        )
+        if result is None:
+            return None
+
+        def finalize(session: Session) -> None:
+            records.finish_retrain(
+                session,
+                retrain.id,
+                test_acc=result.test_acc,
+                best_val_acc=result.best_val_acc,
+                curve=[dict(point) for point in result.curve],
+                weights_path=str(weights_path),
+            )
+            records.add_event(
+                session,
+                f"architecture {row.id} retrained for {result.epochs} epochs: "
+                f"test accuracy {result.test_acc:.2f}%",
+                job_id=job.id,
+            )
+
+        return finalize
