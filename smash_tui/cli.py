@@ -1,4 +1,11 @@
-"""The `smash` command line."""
+"""The `smash` command line.
+
+``app`` is the Typer application; each command lives in ``smash_tui/commands/`` and
+is registered here, so a new command is one more ``app.command(...)`` line. Every
+command that touches the database takes ``--db URL`` (else ``$SMASH_DB``, else a
+SQLite file in the user data folder). Exit codes: 0 ok, 1 failure, 2 usage,
+130 interrupted; errors are one line on stderr.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,15 @@ from typing import Annotated
 import typer
 
 from smash_tui import __version__
+from smash_tui.commands import browse, jobs, run, system
 
 app = typer.Typer(
     name="smash",
     help="One-shot neural architecture search with SMASH HyperNets.",
-    no_args_is_help=True,
     add_completion=False,
+    # Errors are one line (see smash_tui.commands.common); never a pretty traceback.
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -22,20 +32,34 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def root(
+    context: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """One-shot neural architecture search with SMASH HyperNets."""
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+        raise typer.Exit()
 
 
-@app.command()
-def info() -> None:
-    """Print the version."""
-    typer.echo(f"smash {__version__}")
+app.command(rich_help_panel="Run")(run.search)
+app.command(rich_help_panel="Run")(run.demo)
+app.command(rich_help_panel="Run")(run.retrain)
+app.command(rich_help_panel="Run")(run.worker)
+app.command(rich_help_panel="Browse")(browse.experiments)
+app.command(rich_help_panel="Browse")(browse.ls)
+app.command(rich_help_panel="Browse")(browse.show)
+app.command(rich_help_panel="Browse")(browse.export)
+app.command(rich_help_panel="Jobs")(jobs.jobs)
+app.command(rich_help_panel="Jobs")(jobs.pause)
+app.command(rich_help_panel="Jobs")(jobs.resume)
+app.command(rich_help_panel="Jobs")(jobs.cancel)
+app.command(rich_help_panel="System")(system.info)
 
 
 def main() -> None:
+    """Entry point of the ``smash`` script."""
     app()

@@ -1,0 +1,1 @@
+"""The `smash` commands, one module per group; `smash_tui.cli` registers them."""

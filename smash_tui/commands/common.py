@@ -1,0 +1,260 @@
+"""What every command shares: options, one-line errors and exit codes, the foreground worker.
+
+Exit codes: 0 ok, 1 failure, 2 usage (a bad option or setting), 130 interrupted.
+Errors print one line, ``error: ...``, on stderr; set ``SMASH_DEBUG=1`` to get the
+traceback of an unexpected one.
+
+The engine (and torch) is imported inside the commands that need it, so that
+``smash ls``, ``smash jobs`` and friends start quickly.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.db import Database, open_database
+from storage.errors import FilterError, NotFoundError, StorageError
+from storage.models import Experiment, Job
+from storage.queries import list_experiments
+from storage.records import find_experiment, get_experiment
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL or SQLite file [default: $SMASH_DB, else smash.db in the user data folder].",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option("--device", help="Where to compute: auto, cpu, cuda or cuda:N.")
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="Torch CPU threads [default: torch's choice]."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ExperimentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment",
+        "-e",
+        help="Experiment id or name [default: the newest].",
+        show_default=False,
+    ),
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class CliError(Exception):
+    """An error for the user: its message is printed as one line, then the command exits.
+
+    Args:
+        message: What went wrong and, where possible, what to do.
+        code: The exit code (EXIT_FAILURE or EXIT_USAGE).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# Engine errors meant for the user, found by module so that catching them never imports
+# torch: an exception of a class from a module that is not loaded cannot exist.
+_ENGINE_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("engine.worker", "ConfigError", EXIT_USAGE),
+    ("engine.retrain", "InvalidRetrainConfig", EXIT_USAGE),
+    ("engine.space", "InvalidSearchSpace", EXIT_USAGE),
+    ("engine.data.core", "DatasetError", EXIT_FAILURE),
+    ("engine.checkpoint", "CheckpointError", EXIT_FAILURE),
+    ("engine.arch", "InvalidArchitecture", EXIT_FAILURE),
+    ("engine.retrain", "RetrainError", EXIT_FAILURE),
+    ("engine.train", "TrainingDiverged", EXIT_FAILURE),
+)
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The exit code of an error meant for the user, or None for an unexpected one."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, FilterError):
+        return EXIT_USAGE
+    if isinstance(exc, StorageError):
+        return EXIT_FAILURE
+    for module_name, class_name, code in _ENGINE_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return code
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def print_error(message: str) -> None:
+    """Print ``error: message`` on stderr (one line)."""
+    typer.echo(f"error: {message}", err=True)
+
+
+def command(function: _F) -> _F:
+    """Turn errors of a command into one line on stderr and its exit code."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001 - the one place errors become exit codes
+            code = error_code(exc)
+            if code is None:
+                if os.environ.get("SMASH_DEBUG") == "1":
+                    raise
+                print_error(
+                    f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                    "(run with SMASH_DEBUG=1 for the traceback)"
+                )
+                raise typer.Exit(EXIT_FAILURE) from None
+            print_error(_one_line(exc))
+            raise typer.Exit(code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    """Stop the command with a one-line error."""
+    raise CliError(message, code)
+
+
+def stdout() -> Console:
+    """The console for results (tables, JSON)."""
+    return Console(soft_wrap=False)
+
+
+def stderr() -> Console:
+    """The console for progress and notes, keeping stdout for results."""
+    return Console(stderr=True)
+
+
+def open_db(url: str | None) -> Database:
+    """Open (and migrate) the database of ``--db``; StorageError when it cannot be used."""
+    return open_database(url)
+
+
+def resolve_experiment(session: Session, value: str | None) -> Experiment:
+    """The experiment named by ``--experiment`` (an id or a name), or the newest one.
+
+    Raises:
+        NotFoundError: No such experiment, or none at all.
+    """
+    if value is None:
+        experiments = list_experiments(session)
+        if not experiments:
+            raise NotFoundError("no experiments yet: start one with `smash search` or `smash demo`")
+        return experiments[0]
+    if value.strip().isdigit():
+        return get_experiment(session, int(value))
+    return find_experiment(session, value)
+
+
+def parse_id(value: str, noun: str) -> int:
+    """A positive integer id from the command line (usage error otherwise)."""
+    text = value.strip()
+    if not text.isdigit() or int(text) < 1:
+        fail(f"{noun} id must be a positive integer, got {value!r}", EXIT_USAGE)
+    return int(text)
+
+
+def jobs_by_id(session: Session, job_ids: Sequence[int]) -> list[Job]:
+    """The given jobs in id order, read fresh."""
+    query = select(Job).where(Job.id.in_(job_ids)).order_by(Job.id)
+    return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def run_foreground(
+    db: Database,
+    job_ids: Sequence[int],
+    *,
+    device: str,
+    threads: int | None,
+    console: Console,
+) -> None:
+    """Run a worker in this process for the given jobs, with progress bars, until they end.
+
+    Ctrl-C (or SIGTERM) checkpoints the running job and gives it back to the queue,
+    where ``smash worker`` picks it up again.
+
+    Raises:
+        CliError: A job failed, was cancelled or paused.
+        typer.Exit: 130 when interrupted.
+    """
+    from smash_tui.render import JobProgress
+    from smash_tui.worker_process import Worker, WorkerConfig
+
+    config = WorkerConfig(device=device, threads=threads, job_ids=tuple(job_ids), poll_s=1.0)
+    with JobProgress(console) as progress:
+        worker = Worker(db, config, observer=progress)
+        restore = worker.install_signal_handlers()
+        try:
+            code = worker.run()
+        finally:
+            restore()
+    if worker.log_path is not None:
+        console.print(f"[dim]worker log: {worker.log_path}[/dim]")
+    if code == EXIT_INTERRUPTED or worker.stopping:
+        print_error(
+            "interrupted: the running job was checkpointed and requeued; `smash worker` resumes it"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else 0)
+    with db.session() as session:
+        jobs = jobs_by_id(session, job_ids)
+    for job in jobs:
+        if job.state == "failed":
+            fail(f"job {job.id} ({job.kind}) failed: {_first(job.error)}")
+    for job in jobs:
+        if job.state == "cancelled":
+            reason = f": {_first(job.error)}" if job.error else ""
+            fail(f"job {job.id} ({job.kind}) was cancelled{reason}")
+        if job.state == "paused":
+            fail(f"job {job.id} ({job.kind}) is paused; `smash resume {job.id}` queues it again")
+
+
+def _first(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else "no reason given"
+
+
+def detach(db: Database, *, device: str, threads: int | None, console: Console) -> int | None:
+    """Make sure a background worker will run the queued jobs; returns a launched pid.
+
+    Returns:
+        The pid of a newly launched worker, or None when one was already alive.
+    """
+    from smash_tui.launch import ensure_worker
+
+    launched = ensure_worker(db, device=device, threads=threads)
+    if launched is None:
+        console.print("a worker is alive for this database and will take the jobs")
+        return None
+    console.print(
+        f"launched a background worker (pid {launched.pid}; output in {launched.output_path})"
+    )
+    return launched.pid

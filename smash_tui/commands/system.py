@@ -1,0 +1,68 @@
+"""``smash info``: version, paths, database, device and workers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from smash_tui import __version__
+from smash_tui.commands.common import DbOption, JsonOption, command, stdout
+from smash_tui.launch import ALIVE_WITHIN_S
+from smash_tui.render import workers_table
+from storage.db import data_dir, open_database, redact_url, resolve_url
+from storage.errors import StorageError
+from storage.queue import alive_workers
+
+
+@command
+def info(json_: JsonOption = False, db: DbOption = None) -> None:
+    """Print the version, paths, database URL (password hidden), device and alive workers."""
+    from engine.worker import device_report
+
+    url = resolve_url(db)
+    report: dict[str, Any] = {
+        "version": __version__,
+        "data_dir": str(data_dir()),
+        "database": redact_url(url),
+        **device_report(),
+    }
+    workers = []
+    try:
+        with open_database(url) as database:
+            report["files_dir"] = str(database.files_dir)
+            report["logs_dir"] = str(database.logs_dir)
+            workers = alive_workers(database, ALIVE_WITHIN_S)
+            report["workers_alive"] = len(workers)
+    except StorageError as exc:
+        report["database_error"] = str(exc)
+    if json_:
+        typer.echo(json.dumps(report))
+    else:
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        devices = ", ".join(report["devices"]) or "none"
+        rows = [
+            ("smash", report["version"]),
+            ("data folder", report["data_dir"]),
+            ("database", report["database"]),
+            ("files", report.get("files_dir", "-")),
+            ("logs", report.get("logs_dir", "-")),
+            ("torch", report["torch"]),
+            ("CUDA", f"{report['cuda_version'] or '-'} (available: {report['cuda_available']})"),
+            ("GPUs", devices),
+            ("default device", report["default_device"]),
+            ("CPU threads", str(report["threads"])),
+            ("workers alive", str(report.get("workers_alive", "-"))),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        out = stdout()
+        out.print(table)
+        if workers:
+            out.print(workers_table(workers))
+    if "database_error" in report:
+        raise StorageError(report["database_error"])

@@ -1,0 +1,424 @@
+"""Text renderings for the command line: an architecture's diagram, tables, progress bars.
+
+Everything returns rich renderables (or plain values for JSON); nothing here touches
+the database or torch, so the Textual app may reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from storage.models import Experiment, Job
+from storage.queries import ArchitectureDetail, ArchitectureRow
+from storage.queue import WorkerInfo
+
+_STATE_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "paused": "magenta",
+    "done": "green",
+    "failed": "red",
+    "cancelled": "dim",
+}
+
+
+def human(value: float | int | None, digits: int = 3) -> str:
+    """A count with a k/M/G suffix: 1234567 -> "1.23M"; None -> "-"."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    number = float(value)
+    for threshold, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= threshold:
+            return f"{number / threshold:.{digits}g}{suffix}"
+    return f"{number:.{digits}g}" if not float(number).is_integer() else str(int(number))
+
+
+def percent(value: float | None, digits: int = 2) -> str:
+    """A percentage with fixed decimals; None -> "-"."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as "1h02m", "3m05s" or "42s"; None -> "-"."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def when(moment: datetime | None) -> str:
+    """A UTC timestamp in local time, to the second; None -> "-"."""
+    if moment is None:
+        return "-"
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def first_line(text: str | None) -> str:
+    """The first line of a text ("" for None)."""
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+# --- architectures -----------------------------------------------------------------------------
+
+
+def _conv(conv: dict[str, Any] | None) -> str:
+    """One conv of an op body: "3x3", "5x3 d2", "3x3 d1x2 g4"."""
+    if conv is None:
+        return ""
+    kh, kw = conv["kernel"]
+    dh, dw = conv["dilation"]
+    text = f"{kh}x{kw}"
+    if (dh, dw) != (1, 1):
+        text += f" d{dh}" if dh == dw else f" d{dh}x{dw}"
+    if conv["groups"] > 1:
+        text += f" g{conv['groups']}"
+    return text
+
+
+def _path(first: dict[str, Any] | None, second: dict[str, Any] | None) -> str:
+    parts = [_conv(conv) for conv in (first, second) if conv is not None]
+    return " > ".join(parts) if parts else "-"
+
+
+def _banks(indices: Iterable[int]) -> str:
+    return " ".join(str(index) for index in indices)
+
+
+def architecture_diagram(spec: dict[str, Any], image_size: int | None = None) -> RenderableType:
+    """The architecture block by block: banks, and per op its reads -> 1x1 -> body -> writes.
+
+    Args:
+        spec: The architecture as parsed JSON (``Architecture.to_dict`` form).
+        image_size: Input side in pixels, to show each block's resolution; None omits it.
+    """
+    parts: list[RenderableType] = [
+        Text(
+            f"stem: {spec['stem_kernel']}x{spec['stem_kernel']} conv -> "
+            f"{spec['blocks'][0]['in_channels']} channels",
+            style="bold",
+        )
+    ]
+    blocks = spec["blocks"]
+    for index, block in enumerate(blocks):
+        bank = block["bank_size"]
+        filled = block["in_channels"] // bank
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for name, justify in (
+            ("op", "right"),
+            ("reads", "left"),
+            ("1x1", "right"),
+            ("path A", "left"),
+            ("path B", "left"),
+            ("units", "right"),
+            ("writes", "left"),
+        ):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for number, op in enumerate(block["ops"]):
+            new = [bank_ for bank_ in op["writes"] if bank_ >= filled]
+            summed = [bank_ for bank_ in op["writes"] if bank_ < filled]
+            filled += len(new)
+            writes = " · ".join(
+                part
+                for part in (
+                    f"new {_banks(new)}" if new else "",
+                    f"sum {_banks(summed)}" if summed else "",
+                )
+                if part
+            )
+            convs = op["convs"]
+            table.add_row(
+                str(number),
+                _banks(op["reads"]) + " ->",
+                str(op["bottleneck"]),
+                _path(convs[0], convs[1]),
+                _path(convs[2], convs[3]),
+                str(op["units"]),
+                "-> " + writes,
+            )
+        side = f" · {image_size // 2**index}x{image_size // 2**index} px" if image_size else ""
+        header = (
+            f"block {index}{side} · input {block['in_channels']} ch in "
+            f"{block['in_channels'] // bank} bank(s) of {bank} · {len(block['ops'])} ops · "
+            f"{filled} banks at the end ({filled * bank} ch)"
+        )
+        parts += [Text(""), Text(header, style="bold"), table]
+        if index < len(blocks) - 1:
+            parts.append(
+                Text(
+                    f"transition: BN, ReLU, 1x1 conv {filled * bank} -> "
+                    f"{blocks[index + 1]['in_channels']} ch, 2x2 average pool"
+                )
+            )
+        else:
+            parts.append(
+                Text(f"head: BN, ReLU, global average pool, linear from {filled * bank} ch")
+            )
+    parts.append(
+        Text(
+            "reads/writes are bank indices; 'new' allocates a bank, 'sum' adds into a filled one; "
+            "kxk kernel, d dilation, g groups, > stacked convs",
+            style="dim",
+        )
+    )
+    return Group(*parts)
+
+
+def architecture_report(
+    detail: ArchitectureDetail, experiment: Experiment, image_size: int | None
+) -> RenderableType:
+    """Everything ``smash show`` prints: sizes, the diagram, scores and retrains."""
+    row = detail.row
+    summary = Text.assemble(
+        (f"architecture {row.id}", "bold"),
+        f" · experiment {experiment.id} ({experiment.name}) · hash {row.hash[:12]}\n",
+        f"params {human(row.params)} ({row.params:,}) · FLOPs {human(row.flops)} per image · "
+        f"depth {row.depth} · ops {row.ops} · found by {row.source} · "
+        f"SMASH error {percent(row.err)}% · retrained test accuracy {percent(row.acc)}%",
+    )
+    parts: list[RenderableType] = [summary, Text("")]
+    parts.append(architecture_diagram(json.loads(detail.spec), image_size))
+    scores = Table(title="scores (generated weights)", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("id", "checkpoint", "job", "method", "err %", "loss", "images", "z", "when"):
+        scores.add_column(name, justify="left" if name in ("method", "when") else "right")
+    for score in detail.scores:
+        scores.add_row(
+            str(score.id),
+            str(score.checkpoint_id or "-"),
+            str(score.job_id or "-"),
+            score.method,
+            percent(score.err),
+            percent(score.loss, 3),
+            str(score.images),
+            str(score.z_draws),
+            when(score.created_at),
+        )
+    parts += [Text(""), scores if detail.scores else Text("no scores yet", style="dim")]
+    retrains = Table(title="retrains (from scratch)", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in ("id", "job", "epochs", "best val %", "test %", "weights", "finished"):
+        retrains.add_column(name, justify="left" if name in ("weights", "finished") else "right")
+    for retrain in detail.retrains:
+        finished = when(retrain.finished_at) if retrain.finished_at else "running or paused"
+        retrains.add_row(
+            str(retrain.id),
+            str(retrain.job_id),
+            f"{len(retrain.curve)}/{retrain.epochs}",
+            percent(retrain.best_val_acc),
+            percent(retrain.test_acc),
+            retrain.weights_path or "-",
+            finished,
+        )
+    parts += [Text(""), retrains if detail.retrains else Text("never retrained", style="dim")]
+    return Group(*parts)
+
+
+def row_dict(row: ArchitectureRow) -> dict[str, Any]:
+    """A browser row as JSON-able values (the keys of ``smash ls --json``)."""
+    return asdict(row)
+
+
+def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Table:
+    """The ``smash ls`` table."""
+    table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left")
+    for name in (
+        "id",
+        "err %",
+        "loss",
+        "params",
+        "FLOPs",
+        "depth",
+        "ops",
+        "acc %",
+        "retrain",
+        "source",
+    ):
+        table.add_column(name, justify="left" if name in ("retrain", "source") else "right")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            percent(row.err),
+            percent(row.loss, 3),
+            human(row.params),
+            human(row.flops),
+            str(row.depth),
+            str(row.ops),
+            percent(row.acc),
+            row.retrain_state or "-",
+            row.source,
+        )
+    return table
+
+
+# --- jobs, experiments, workers ----------------------------------------------------------------
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as JSON-able values (the objects of ``smash jobs --json``)."""
+    return {
+        "id": job.id,
+        "experiment_id": job.experiment_id,
+        "kind": job.kind,
+        "state": job.state,
+        "requested": job.requested,
+        "priority": job.priority,
+        "depends_on_id": job.depends_on_id,
+        "progress": job.progress,
+        "progress_text": job.progress_text,
+        "eta_seconds": job.eta_seconds,
+        "attempts": job.attempts,
+        "worker_id": job.worker_id,
+        "error": job.error,
+        "params": job.params,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    """The ``smash jobs`` table."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("id", "exp", "kind", "state", "done", "status", "eta", "tries", "worker", "error"):
+        table.add_column(
+            name, justify="right" if name in ("id", "exp", "done", "eta", "tries") else "left"
+        )
+    for job in jobs:
+        state = Text(job.state, style=_STATE_STYLES.get(job.state, ""))
+        if job.requested:
+            state.append(f" ({job.requested} asked)", style="dim")
+        table.add_row(
+            str(job.id),
+            str(job.experiment_id),
+            job.kind,
+            state,
+            f"{100 * job.progress:.0f}%",
+            job.progress_text or "",
+            duration(job.eta_seconds) if job.state == "running" else "",
+            str(job.attempts),
+            job.worker_id or "",
+            first_line(job.error),
+        )
+    return table
+
+
+def experiments_table(experiments: Sequence[Experiment]) -> Table:
+    """The ``smash experiments`` table."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("id", "name", "data set", "preset", "seed", "status", "created"):
+        table.add_column(name, justify="right" if name in ("id", "seed") else "left")
+    for experiment in experiments:
+        table.add_row(
+            str(experiment.id),
+            experiment.name,
+            experiment.dataset,
+            experiment.preset,
+            str(experiment.seed),
+            Text(experiment.status, style=_STATE_STYLES.get(experiment.status, "")),
+            when(experiment.created_at),
+        )
+    return table
+
+
+def workers_table(workers: Sequence[WorkerInfo]) -> Table:
+    """Alive workers, for ``smash info``."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("worker", "device", "job", "started", "last heartbeat"):
+        table.add_column(name)
+    for worker in workers:
+        table.add_row(
+            worker.id,
+            worker.device,
+            str(worker.current_job_id or "-"),
+            when(worker.started_at),
+            when(worker.heartbeat_at),
+        )
+    return table
+
+
+# --- foreground progress -----------------------------------------------------------------------
+
+
+class JobProgress:
+    """Progress bars of a foreground worker (a ``WorkerObserver``), one per job.
+
+    Args:
+        console: Where to draw (the CLI uses stderr, keeping stdout for results).
+    """
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+        )
+        self._tasks: dict[int, TaskID] = {}
+        self._last_wait = ""
+
+    def __enter__(self) -> JobProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.progress.stop()
+
+    def _task(self, job_id: int, kind: str = "") -> TaskID:
+        if job_id not in self._tasks:
+            self._tasks[job_id] = self.progress.add_task(
+                f"job {job_id} {kind}".strip(), total=100.0, status="starting"
+            )
+        return self._tasks[job_id]
+
+    def job_started(self, job_id: int, kind: str, experiment_id: int) -> None:
+        del experiment_id  # one foreground run shows one experiment's jobs
+        self.progress.update(self._task(job_id, kind), status="starting")
+
+    def job_progress(self, job_id: int, fraction: float, text: str) -> None:
+        self.progress.update(self._task(job_id), completed=100.0 * fraction, status=text)
+
+    def job_ended(self, job_id: int, state: str, message: str) -> None:
+        task = self._task(job_id)
+        status = f"{state}: {message}" if message else state
+        if state == "done":
+            self.progress.update(task, completed=100.0, status=status)
+        else:
+            self.progress.update(task, status=status)
+        self.progress.stop_task(task)
+
+    def waiting(self, text: str) -> None:
+        if text != self._last_wait:
+            self._last_wait = text
+            self.progress.console.print(f"[dim]waiting: {text}[/dim]")
