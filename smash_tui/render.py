@@ -75,7 +75,12 @@ def when(moment: datetime | None) -> str:
     """A UTC timestamp in local time, to the second; None -> "-"."""
     if moment is None:
         return "-"
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def plural(count: int, noun: str) -> str:
+    """ "1 epoch", "5 epochs"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def first_line(text: str | None) -> str:
@@ -135,30 +140,24 @@ def architecture_diagram(spec: dict[str, Any], image_size: int | None = None) ->
             ("path A", "left"),
             ("path B", "left"),
             ("units", "right"),
-            ("writes", "left"),
+            ("new", "left"),
+            ("sum", "left"),
         ):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         for number, op in enumerate(block["ops"]):
             new = [bank_ for bank_ in op["writes"] if bank_ >= filled]
             summed = [bank_ for bank_ in op["writes"] if bank_ < filled]
             filled += len(new)
-            writes = " · ".join(
-                part
-                for part in (
-                    f"new {_banks(new)}" if new else "",
-                    f"sum {_banks(summed)}" if summed else "",
-                )
-                if part
-            )
             convs = op["convs"]
             table.add_row(
                 str(number),
-                _banks(op["reads"]) + " ->",
+                _banks(op["reads"]),
                 str(op["bottleneck"]),
                 _path(convs[0], convs[1]),
                 _path(convs[2], convs[3]),
                 str(op["units"]),
-                "-> " + writes,
+                _banks(new) or "-",
+                _banks(summed) or "-",
             )
         side = f" · {image_size // 2**index}x{image_size // 2**index} px" if image_size else ""
         header = (
@@ -180,8 +179,9 @@ def architecture_diagram(spec: dict[str, Any], image_size: int | None = None) ->
             )
     parts.append(
         Text(
-            "reads/writes are bank indices; 'new' allocates a bank, 'sum' adds into a filled one; "
-            "kxk kernel, d dilation, g groups, > stacked convs",
+            "each op: reads banks -> 1x1 conv -> path A + path B -> units channels written to "
+            "banks, 'new' ones allocated, 'sum' ones added into; kxk kernel, d dilation, "
+            "g groups, > stacked convs",
             style="dim",
         )
     )
@@ -204,7 +204,9 @@ def architecture_report(
     parts.append(architecture_diagram(json.loads(detail.spec), image_size))
     scores = Table(title="scores (generated weights)", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("id", "checkpoint", "job", "method", "err %", "loss", "images", "z", "when"):
-        scores.add_column(name, justify="left" if name in ("method", "when") else "right")
+        scores.add_column(
+            name, justify="left" if name in ("method", "when") else "right", no_wrap=name == "when"
+        )
     for score in detail.scores:
         scores.add_row(
             str(score.id),
@@ -219,8 +221,13 @@ def architecture_report(
         )
     parts += [Text(""), scores if detail.scores else Text("no scores yet", style="dim")]
     retrains = Table(title="retrains (from scratch)", box=box.SIMPLE_HEAD, title_justify="left")
-    for name in ("id", "job", "epochs", "best val %", "test %", "weights", "finished"):
-        retrains.add_column(name, justify="left" if name in ("weights", "finished") else "right")
+    for name in ("id", "job", "epochs", "best val %", "test %", "finished", "weights"):
+        retrains.add_column(
+            name,
+            justify="left" if name in ("weights", "finished") else "right",
+            no_wrap=name == "finished",
+            overflow="fold",
+        )
     for retrain in detail.retrains:
         finished = when(retrain.finished_at) if retrain.finished_at else "running or paused"
         retrains.add_row(
@@ -229,8 +236,8 @@ def architecture_report(
             f"{len(retrain.curve)}/{retrain.epochs}",
             percent(retrain.best_val_acc),
             percent(retrain.test_acc),
-            retrain.weights_path or "-",
             finished,
+            retrain.weights_path or "-",
         )
     parts += [Text(""), retrains if detail.retrains else Text("never retrained", style="dim")]
     return Group(*parts)
@@ -309,7 +316,11 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("id", "exp", "kind", "state", "done", "status", "eta", "tries", "worker", "error"):
         table.add_column(
-            name, justify="right" if name in ("id", "exp", "done", "eta", "tries") else "left"
+            name,
+            justify="right" if name in ("id", "exp", "done", "eta", "tries") else "left",
+            no_wrap=name in ("kind", "state", "worker"),
+            overflow="ellipsis",
+            ratio=2 if name in ("status", "error") else None,
         )
     for job in jobs:
         state = Text(job.state, style=_STATE_STYLES.get(job.state, ""))
@@ -324,17 +335,26 @@ def jobs_table(jobs: Sequence[Job]) -> Table:
             job.progress_text or "",
             duration(job.eta_seconds) if job.state == "running" else "",
             str(job.attempts),
-            job.worker_id or "",
+            _short_worker(job.worker_id),
             first_line(job.error),
         )
     return table
+
+
+def _short_worker(worker_id: str | None) -> str:
+    """ "host:pid:uuid8" without the uuid, which only tells restarts apart."""
+    if not worker_id:
+        return ""
+    return worker_id.rsplit(":", 1)[0]
 
 
 def experiments_table(experiments: Sequence[Experiment]) -> Table:
     """The ``smash experiments`` table."""
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("id", "name", "data set", "preset", "seed", "status", "created"):
-        table.add_column(name, justify="right" if name in ("id", "seed") else "left")
+        table.add_column(
+            name, justify="right" if name in ("id", "seed") else "left", no_wrap=name != "data set"
+        )
     for experiment in experiments:
         table.add_row(
             str(experiment.id),
