@@ -312,31 +312,31 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def jobs_table(jobs: Sequence[Job]) -> Table:
-    """The ``smash jobs`` table."""
+    """The ``smash jobs`` table: one line per job (``--json`` has every field)."""
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("id", "exp", "kind", "state", "done", "status", "eta", "tries", "worker", "error"):
+    for name in ("id", "exp", "kind", "state", "done", "eta", "worker", "status or error"):
         table.add_column(
             name,
-            justify="right" if name in ("id", "exp", "done", "eta", "tries") else "left",
-            no_wrap=name in ("kind", "state", "worker"),
+            justify="right" if name in ("id", "exp", "done", "eta") else "left",
+            # Only the last column gives way on a narrow terminal.
+            no_wrap=True,
+            min_width={"kind": 7, "state": 9, "status or error": None}.get(name, len(name)),
             overflow="ellipsis",
-            ratio=2 if name in ("status", "error") else None,
         )
     for job in jobs:
         state = Text(job.state, style=_STATE_STYLES.get(job.state, ""))
         if job.requested:
-            state.append(f" ({job.requested} asked)", style="dim")
+            state.append(f" ({job.requested})", style="dim")
+        status = Text(first_line(job.error), style="red") if job.error else Text(job.progress_text)
         table.add_row(
             str(job.id),
             str(job.experiment_id),
             job.kind,
             state,
             f"{100 * job.progress:.0f}%",
-            job.progress_text or "",
             duration(job.eta_seconds) if job.state == "running" else "",
-            str(job.attempts),
-            _short_worker(job.worker_id),
-            first_line(job.error),
+            _short_worker(job.worker_id) if job.state == "running" else "",
+            status,
         )
     return table
 
@@ -353,7 +353,10 @@ def experiments_table(experiments: Sequence[Experiment]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("id", "name", "data set", "preset", "seed", "status", "created"):
         table.add_column(
-            name, justify="right" if name in ("id", "seed") else "left", no_wrap=name != "data set"
+            name,
+            justify="right" if name in ("id", "seed") else "left",
+            no_wrap=True,
+            min_width=9 if name == "data set" else None,
         )
     for experiment in experiments:
         table.add_row(

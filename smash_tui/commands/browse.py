@@ -27,6 +27,7 @@ from smash_tui.render import (
     architectures_table,
     experiments_table,
     percent,
+    plural,
     row_dict,
 )
 from storage.queries import (
@@ -266,7 +267,7 @@ def export(
         load_weights(weights_file)
         model = None
         note = (
-            f"retrained from scratch for {len(best.curve)} epochs (retrain {best.id}, job "
+            f"retrained from scratch for {plural(len(best.curve), 'epoch')} (retrain {best.id}, job "
             f"{best.job_id}); test accuracy {percent(best.test_acc)}%."
         )
     else:
