@@ -351,10 +351,10 @@ def _short_worker(worker_id: str | None) -> str:
 def experiments_table(experiments: Sequence[Experiment]) -> Table:
     """The ``smash experiments`` table."""
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("id", "name", "data set", "preset", "seed", "status", "created"):
+    for name in ("id", "name", "data set", "preset", "status", "created"):
         table.add_column(
             name,
-            justify="right" if name in ("id", "seed") else "left",
+            justify="right" if name == "id" else "left",
             no_wrap=True,
             min_width=9 if name == "data set" else None,
         )
@@ -364,7 +364,6 @@ def experiments_table(experiments: Sequence[Experiment]) -> Table:
             experiment.name,
             experiment.dataset,
             experiment.preset,
-            str(experiment.seed),
             Text(experiment.status, style=_STATE_STYLES.get(experiment.status, "")),
             when(experiment.created_at),
         )
