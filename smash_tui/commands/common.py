@@ -136,6 +136,8 @@ def command(function: _F) -> _F:
                 raise typer.Exit(EXIT_FAILURE) from None
             print_error(_one_line(exc))
             raise typer.Exit(code) from None
+        finally:
+            _close_databases()
 
     return wrapper  # type: ignore[return-value]
 
@@ -155,9 +157,23 @@ def stderr() -> Console:
     return Console(stderr=True)
 
 
+_opened: list[Database] = []
+
+
 def open_db(url: str | None) -> Database:
-    """Open (and migrate) the database of ``--db``; StorageError when it cannot be used."""
-    return open_database(url)
+    """Open (and migrate) the database of ``--db``; StorageError when it cannot be used.
+
+    The command's wrapper closes it when the command ends (so a SQLite file is
+    checkpointed and complete on its own afterwards).
+    """
+    database = open_database(url)
+    _opened.append(database)
+    return database
+
+
+def _close_databases() -> None:
+    while _opened:
+        _opened.pop().dispose()
 
 
 def resolve_experiment(session: Session, value: str | None) -> Experiment:

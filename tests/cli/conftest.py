@@ -1,0 +1,59 @@
+"""Fixtures of the CLI tests: isolated homes, one torch thread, and one demo run to browse."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from storage.db import normalize_url
+from tests.cli.support import DEMO, smash
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Keep the developer's database out; two tests run at once on two cores.
+    monkeypatch.setenv("SMASH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SMASH_DB", raising=False)
+    monkeypatch.delenv("SMASH_FILES", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """The database a ``smash demo`` run left, and what the run printed."""
+
+    path: Path  # the SQLite file
+    exit_code: int  # the demo's exit code
+    stdout: str  # its results
+    stderr: str  # its progress and notes
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One tiny ``smash demo`` per test process: a trained HyperNet, scores, one retrain."""
+    path = tmp_path_factory.mktemp("demo") / "smash.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = smash(str(path), *DEMO, "--name", "demo")
+    finally:
+        torch.set_num_threads(threads)
+    return DemoRun(path, result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def demo_db(demo_run: DemoRun, tmp_path: Path) -> str:
+    """A private copy of the demo's database (its checkpoint files stay shared, read-only)."""
+    assert demo_run.exit_code == 0, demo_run.stderr
+    path = tmp_path / "copy" / "smash.db"
+    path.parent.mkdir()
+    shutil.copyfile(demo_run.path, path)
+    return normalize_url(str(path))

@@ -1,0 +1,213 @@
+"""`smash demo` end to end, then browsing, retraining and exporting what it left."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from storage.db import open_database
+from storage.models import Architecture, Checkpoint, Event, Experiment, Job, Metric, Retrain, Score
+from tests.cli.conftest import DemoRun
+from tests.cli.support import retrain_args, smash
+
+pytestmark = pytest.mark.xdist_group("demo")
+
+
+def test_demo_trains_scores_retrains_and_ends_with_the_table(demo_run: DemoRun) -> None:
+    assert demo_run.exit_code == 0, demo_run.stderr
+    with open_database(str(demo_run.path)) as db, db.session() as session:
+        experiment = session.scalars(select(Experiment)).one()
+        assert (experiment.name, experiment.dataset, experiment.preset) == (
+            "demo",
+            "synthetic",
+            "tiny",
+        )
+        assert experiment.status == "done"
+        jobs = {job.kind: job for job in session.scalars(select(Job))}
+        assert sorted(jobs) == ["retrain", "search", "train"]
+        assert all(job.state == "done" and job.attempts == 1 for job in jobs.values())
+        assert jobs["search"].depends_on_id == jobs["train"].id
+        # The HyperNet's checkpoint, its metric series and its epoch-end validation.
+        checkpoint = session.scalars(
+            select(Checkpoint).where(Checkpoint.job_id == jobs["train"].id)
+        ).one()
+        assert checkpoint.step == 4 and Path(checkpoint.path).is_file()
+        losses = session.scalars(
+            select(Metric.step).where(Metric.job_id == jobs["train"].id, Metric.name == "loss")
+        ).all()
+        assert sorted(losses) == [1, 2, 3, 4]
+        assert (
+            session.scalar(
+                select(func.count()).where(
+                    Metric.job_id == jobs["train"].id, Metric.name == "val_error"
+                )
+            )
+            == 1
+        )
+        # Six architectures, each scored once against that checkpoint, with sizes.
+        archs = session.scalars(select(Architecture)).all()
+        assert len(archs) == 6 and all(a.params > 0 and a.flops > 0 and a.depth > 0 for a in archs)
+        scores = session.scalars(select(Score)).all()
+        assert len(scores) == 6 and {s.checkpoint_id for s in scores} == {checkpoint.id}
+        assert {s.images for s in scores} == {50} and {s.job_id for s in scores} == {
+            jobs["search"].id
+        }
+        # The best by SMASH score was retrained: a test accuracy beside its score.
+        best = min(archs, key=lambda a: (a.latest_error, a.id))
+        retrain = session.scalars(select(Retrain)).one()
+        assert retrain.architecture_id == best.id and retrain.test_acc is not None
+        assert Path(retrain.weights_path).is_file() and best.best_test_acc == retrain.test_acc
+        assert best.retrain_state == "done" and len(retrain.curve) == 1
+        assert session.scalar(select(func.count()).where(Event.level == "error")) == 0
+    assert "best architectures of experiment" in demo_run.stdout
+    assert f"architecture {best.id}: SMASH error" in demo_run.stdout
+    assert f"test accuracy {retrain.test_acc:.2f}%" in demo_run.stdout
+    assert "Traceback" not in demo_run.stderr
+
+
+def test_ls_json_sorted_and_filtered(demo_db: str) -> None:
+    result = smash(demo_db, "ls", "--sort", "err", "--filter", "params<1e6", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 6
+    assert [(r["err"], r["id"]) for r in rows] == sorted((r["err"], r["id"]) for r in rows)
+    assert all(r["params"] < 1e6 for r in rows)
+    assert set(rows[0]) == {
+        "id",
+        "hash",
+        "err",
+        "loss",
+        "params",
+        "flops",
+        "depth",
+        "ops",
+        "acc",
+        "retrain_state",
+        "source",
+    }
+    smallest = min(r["params"] for r in rows)
+    narrowed = json.loads(
+        smash(demo_db, "ls", "-f", f"params<={smallest}", "--sort", "-params", "--json").stdout
+    )
+    assert [r["params"] for r in narrowed] == [smallest]
+    table = smash(demo_db, "ls", "--limit", "3", "-e", "demo")
+    assert table.exit_code == 0 and "3 of 6 architectures" in table.stdout
+
+
+def test_show_draws_every_block_and_lists_scores_and_retrains(demo_db: str) -> None:
+    rows = json.loads(smash(demo_db, "ls", "--json").stdout)
+    best = rows[0]
+    result = smash(demo_db, "show", str(best["id"]))
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    for piece in (
+        "block 0 · 32x32 px",
+        "block 1 · 16x16 px",
+        "block 2 · 8x8 px",
+        "path A",
+        "reads",
+    ):
+        assert piece in text
+    assert "transition: BN, ReLU, 1x1 conv" in text and "head:" in text
+    assert "scores (generated weights)" in text and "retrains (from scratch)" in text
+    detail = json.loads(smash(demo_db, "show", str(best["id"]), "--json").stdout)
+    assert detail["id"] == best["id"] and len(detail["scores"]) == 1
+    assert len(detail["retrains"]) == 1 and detail["retrains"][0]["test_acc"] == best["acc"]
+    assert len(detail["spec"]["blocks"]) == 3
+
+
+def test_jobs_and_experiments_list_what_ran(demo_db: str) -> None:
+    jobs = json.loads(smash(demo_db, "jobs", "--json").stdout)
+    assert [(j["kind"], j["state"]) for j in jobs] == [
+        ("train", "done"),
+        ("search", "done"),
+        ("retrain", "done"),
+    ]
+    assert jobs[0]["progress_text"].startswith("step 4/4")
+    assert json.loads(smash(demo_db, "experiments", "--json").stdout)[0]["name"] == "demo"
+    table = smash(demo_db, "jobs", "--state", "done")
+    assert table.exit_code == 0 and "retrain" in table.stdout
+
+
+_EVALUATE = """
+import json, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import load_model
+from engine.data import DataConfig, DeviceImages, load_dataset
+from engine.retrain import evaluate
+model = load_model.load_model()
+data = load_dataset(DataConfig(**json.loads(sys.argv[2])))
+test_acc, _ = evaluate(model, DeviceImages(data.test, "cpu", data.mean, data.std))
+first_val = DeviceImages(data.val.subset(torch.arange(50)), "cpu", data.mean, data.std)
+smash_acc, _ = evaluate(model, first_val)
+print(json.dumps({"test_acc": test_acc, "first_val_acc": smash_acc}))
+"""
+
+
+def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
+    demo_db: str, tmp_path: Path
+) -> None:
+    rows = json.loads(smash(demo_db, "ls", "--json").stdout)
+    never = [r for r in rows if r["acc"] is None]
+    target, untouched = never[0], never[1]
+    result = smash(demo_db, *retrain_args(target["id"], 1, "--json", "--device", "cpu"))
+    assert result.exit_code == 0, result.stderr
+    retrained = json.loads(result.stdout.strip().splitlines()[-1])
+    assert retrained["architecture_id"] == target["id"] and retrained["test_acc"] is not None
+    with open_database(demo_db) as db, db.session() as session:
+        row = session.get(Retrain, retrained["retrain_id"])
+        assert row is not None and row.test_acc == retrained["test_acc"] and row.finished_at
+        config = session.scalars(select(Experiment)).one().config
+    after = {r["id"]: r for r in json.loads(smash(demo_db, "ls", "--json").stdout)}
+    assert after[target["id"]]["acc"] == retrained["test_acc"]
+
+    trained_dir, generated_dir = tmp_path / "trained", tmp_path / "generated"
+    assert smash(demo_db, "export", str(target["id"]), str(trained_dir)).exit_code == 0
+    assert smash(demo_db, "export", str(untouched["id"]), str(generated_dir)).exit_code == 0
+    for folder in (trained_dir, generated_dir):
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "architecture.json",
+            "load_model.py",
+            "weights.pt",
+        ]
+    assert "retrained from scratch for 1 epoch" in (trained_dir / "load_model.py").read_text()
+    assert "NOT trained on their own" in (generated_dir / "load_model.py").read_text()
+
+    measured = {}
+    for name, folder in (("trained", trained_dir), ("generated", generated_dir)):
+        done = subprocess.run(
+            [sys.executable, "-c", _EVALUATE, str(folder), json.dumps(config["data"])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        measured[name] = json.loads(done.stdout)
+    # Exactly the logged test accuracy: the same weights, split and evaluation.
+    assert measured["trained"]["test_acc"] == retrained["test_acc"]
+    # SMASH's weights score what the search measured (first 50 validation images),
+    # up to one image that float rounding may tip.
+    assert abs((100 - measured["generated"]["first_val_acc"]) - untouched["err"]) <= 2.0 + 1e-9
+
+
+def test_export_refuses_a_folder_that_is_not_empty(demo_db: str, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = smash(demo_db, "export", "1", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "is not an empty folder" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
+
+
+def test_events_of_the_demo_are_readable_one_liners(demo_db: str) -> None:
+    with open_database(demo_db) as db, db.session() as session:
+        messages = session.scalars(select(Event.message)).all()
+    assert any("HyperNet epoch 0, step 4: validation error" in m for m in messages)
+    assert any(m.startswith("search done: 6 architectures scored") for m in messages)
+    assert all("\n" not in m for m in messages)
