@@ -135,7 +135,9 @@ def dump(path: Path) -> str:
 def assert_one_line_error(result: Result | subprocess.CompletedProcess[str], code: int) -> str:
     """The command failed with ``code`` and one ``error: ...`` line, without a traceback."""
     stderr = result.stderr
-    exit_code = result.exit_code if isinstance(result, Result) else result.returncode
+    exit_code = (
+        result.returncode if isinstance(result, subprocess.CompletedProcess) else result.exit_code
+    )
     assert exit_code == code, (exit_code, result.stdout, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
