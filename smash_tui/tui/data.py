@@ -1,0 +1,322 @@
+"""The app's door to the database: each method is one unit of work, run in a worker thread.
+
+Everything returned is a frozen value (or a storage dataclass), never an ORM
+object bound to a session, so results can cross from the worker thread to the
+event loop safely. This module imports SQLAlchemy through ``storage``; the
+app imports it lazily, after its first paint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from smash_tui.enqueue import enqueue_retrain
+from smash_tui.launch import ALIVE_WITHIN_S
+from smash_tui.tui.forms import RetrainSettings
+from smash_tui.tui.stats import Correlation, correlation, pareto_front
+from storage.dashboard import (
+    ChangeMarker,
+    ExperimentSummary,
+    ProxyPair,
+    architecture_rows,
+    change_marker,
+    experiment_summaries,
+    latest_metrics,
+    proxy_pairs,
+    scored_costs,
+)
+from storage.db import Database, open_database
+from storage.errors import StorageError
+from storage.queries import (
+    ArchitectureDetail,
+    ArchitecturePage,
+    ArchitectureRow,
+    Filter,
+    PageCursor,
+    architecture_detail,
+    count_architectures,
+    list_architectures,
+    list_jobs,
+    metric_series,
+    recent_events,
+)
+from storage.queue import WorkerInfo, alive_workers, request_cancel, request_pause, resume
+
+# Points drawn behind the Pareto front: a stride sample of all scored architectures.
+PARETO_BACKGROUND_POINTS: Final = 2000
+# Events shown on the dashboard.
+EVENT_LINES: Final = 200
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job, as the dashboard and the Jobs view show it."""
+
+    id: int  # job id
+    experiment_id: int  # its experiment
+    kind: str  # train, score, search or retrain
+    state: str  # queued, running, paused, done, failed or cancelled
+    requested: str | None  # a pending pause or cancel request
+    progress: float  # fraction done
+    progress_text: str  # e.g. "step 120/900"
+    eta_seconds: float | None  # estimated seconds left
+    attempts: int  # claims so far
+    worker_id: str | None  # the worker running it
+    error: str | None  # why it failed
+    depends_on_id: int | None  # job it waits for
+    params: dict[str, Any]  # kind-specific parameters
+    created_at: datetime  # when it was queued (UTC)
+    started_at: datetime | None  # first start (UTC)
+    finished_at: datetime | None  # end (UTC)
+
+
+@dataclass(frozen=True)
+class EventView:
+    """One line of the activity log."""
+
+    id: int  # event id
+    level: str  # info, warning or error
+    message: str  # the text
+    job_id: int | None  # the job it concerns
+    created_at: datetime  # when (UTC)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The metric series of one job, for the dashboard plots."""
+
+    job_id: int | None  # the job they belong to; None when there is none yet
+    series: dict[str, tuple[tuple[int, float | None], ...]]  # name -> (step, value) points
+    latest: dict[str, tuple[int, float | None]]  # name -> its newest (step, value)
+
+
+@dataclass(frozen=True)
+class DashboardData:
+    """Everything the dashboard shows for one experiment."""
+
+    experiments: tuple[ExperimentSummary, ...]  # all experiments, newest first
+    experiment_id: int | None  # the experiment the rest is about
+    jobs: tuple[JobView, ...]  # its jobs
+    curves: Curves  # HyperNet training curves of its newest train job
+    workers: tuple[WorkerInfo, ...]  # workers alive now
+    events: tuple[EventView, ...]  # its newest activity-log lines, oldest first
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """SMASH error against retrained accuracy, with the rank correlations."""
+
+    pairs: tuple[ProxyPair, ...]  # retrained and scored architectures, by id
+    correlation: Correlation  # of SMASH error with test accuracy
+
+
+@dataclass(frozen=True)
+class ParetoData:
+    """The trade-off of SMASH error against a cost."""
+
+    cost: str  # "params" or "flops"
+    scored: int  # scored architectures considered
+    background: tuple[tuple[int, float], ...]  # (cost, err) sample of all of them
+    front: tuple[ArchitectureRow, ...]  # the front, by increasing cost
+
+
+def retrain_config(settings: RetrainSettings) -> dict[str, Any]:
+    """The partial ``RetrainConfig`` a retrain job carries (other fields keep their defaults)."""
+    return {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr}
+
+
+def _job_view(job: Any) -> JobView:
+    return JobView(
+        id=job.id,
+        experiment_id=job.experiment_id,
+        kind=job.kind,
+        state=job.state,
+        requested=job.requested,
+        progress=float(job.progress or 0.0),
+        progress_text=job.progress_text or "",
+        eta_seconds=job.eta_seconds,
+        attempts=job.attempts,
+        worker_id=job.worker_id,
+        error=job.error,
+        depends_on_id=job.depends_on_id,
+        params=dict(job.params or {}),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+class Store:
+    """Units of work on one database, for worker threads.
+
+    Each method opens its own session and closes it before returning, so
+    methods may run concurrently in different threads.
+
+    Args:
+        db: The open database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, url: str | None) -> Store:
+        """Open (creating or upgrading) the database at a URL or path; None: the default."""
+        return cls(open_database(url))
+
+    def close(self) -> None:
+        """Release the database's connections."""
+        self.db.dispose()
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def marker(self) -> ChangeMarker:
+        """The newest row ids, to tell whether anything changed since the last poll."""
+        with self.db.session() as session:
+            return change_marker(session)
+
+    def experiments(self) -> list[ExperimentSummary]:
+        """Every experiment with its counts, newest first."""
+        with self.db.session() as session:
+            return experiment_summaries(session)
+
+    def page(
+        self,
+        experiment_id: int,
+        *,
+        sort: str,
+        descending: bool,
+        filter: Filter | None,
+        after: PageCursor | None,
+        limit: int,
+    ) -> ArchitecturePage:
+        """One page of the architecture browser (see ``storage.queries.list_architectures``)."""
+        with self.db.session() as session:
+            return list_architectures(
+                session,
+                experiment_id,
+                sort=sort,
+                descending=descending,
+                filter=filter,
+                after=after,
+                limit=limit,
+            )
+
+    def count(self, experiment_id: int, filter: Filter | None) -> int:
+        """How many of the experiment's architectures match the filter."""
+        with self.db.session() as session:
+            return count_architectures(session, experiment_id, filter=filter)
+
+    def detail(self, architecture_id: int) -> ArchitectureDetail:
+        """One architecture with its spec, scores and retrains."""
+        with self.db.session() as session:
+            return architecture_detail(session, architecture_id)
+
+    def jobs(self, experiment_id: int | None = None) -> list[JobView]:
+        """Jobs in enqueue order, of one experiment or of all."""
+        with self.db.session() as session:
+            return [_job_view(job) for job in list_jobs(session, experiment_id)]
+
+    def workers(self) -> list[WorkerInfo]:
+        """Workers that sent a heartbeat recently."""
+        return alive_workers(self.db, ALIVE_WITHIN_S)
+
+    def dashboard(self, experiment_id: int | None) -> DashboardData:
+        """The dashboard of an experiment; None picks the newest one."""
+        with self.db.session() as session:
+            experiments = experiment_summaries(session)
+            known = {summary.id for summary in experiments}
+            if experiment_id not in known:
+                experiment_id = experiments[0].id if experiments else None
+            jobs: list[JobView] = []
+            events: list[EventView] = []
+            curves = Curves(None, {}, {})
+            if experiment_id is not None:
+                jobs = [_job_view(job) for job in list_jobs(session, experiment_id)]
+                train = [job for job in jobs if job.kind == "train"]
+                if train:
+                    job_id = train[-1].id
+                    latest = latest_metrics(session, job_id)
+                    series = {
+                        name: tuple(metric_series(session, job_id, name)) for name in sorted(latest)
+                    }
+                    curves = Curves(job_id, series, latest)
+                events = [
+                    EventView(event.id, event.level, event.message, event.job_id, event.created_at)
+                    for event in recent_events(
+                        session, experiment_id=experiment_id, limit=EVENT_LINES
+                    )
+                ]
+        return DashboardData(
+            experiments=tuple(experiments),
+            experiment_id=experiment_id,
+            jobs=tuple(jobs),
+            curves=curves,
+            workers=tuple(self.workers()),
+            events=tuple(events),
+        )
+
+    def proxy(self, experiment_id: int) -> ProxyData:
+        """The retrained architectures' SMASH error and accuracy, with tau and rho."""
+        with self.db.session() as session:
+            pairs = proxy_pairs(session, experiment_id)
+        return ProxyData(
+            tuple(pairs),
+            correlation([pair.err for pair in pairs], [pair.acc for pair in pairs]),
+        )
+
+    def pareto(self, experiment_id: int, cost: str) -> ParetoData:
+        """The error/cost front of an experiment and a sample of the points behind it."""
+        with self.db.session() as session:
+            points = scored_costs(session, experiment_id, cost)
+            front = pareto_front([(value, err, ident) for ident, value, err in points])
+            rows = architecture_rows(session, [ident for _, _, ident in front])
+        stride = max(1, len(points) // PARETO_BACKGROUND_POINTS)
+        background = tuple((value, err) for _, value, err in points[::stride])
+        return ParetoData(cost, len(points), background, tuple(rows))
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def queue_retrains(
+        self, experiment_id: int, architecture_ids: Sequence[int], settings: RetrainSettings
+    ) -> list[int]:
+        """Queue one retrain job per architecture and mark them queued; return the job ids.
+
+        All or nothing: one transaction, refused when an architecture belongs to
+        another experiment than the one shown.
+        """
+        config = retrain_config(settings)
+        with self.db.session() as session:
+            jobs = [enqueue_retrain(session, ident, config) for ident in architecture_ids]
+            strangers = [job.id for job in jobs if job.experiment_id != experiment_id]
+            if strangers:
+                session.rollback()
+                raise StorageError(
+                    f"architectures of another experiment than {experiment_id}: nothing queued"
+                )
+            session.commit()
+            return [job.id for job in jobs]
+
+    def pause(self, job_id: int) -> JobView:
+        """Pause a job (a running one when its worker next checks)."""
+        with self.db.session() as session:
+            job = _job_view(request_pause(session, job_id))
+            session.commit()
+        return job
+
+    def resume(self, job_id: int) -> JobView:
+        """Queue a paused job again."""
+        with self.db.session() as session:
+            job = _job_view(resume(session, job_id))
+            session.commit()
+        return job
+
+    def cancel(self, job_id: int) -> JobView:
+        """Cancel a job (a running one when its worker next checks)."""
+        with self.db.session() as session:
+            job = _job_view(request_cancel(session, job_id))
+            session.commit()
+        return job

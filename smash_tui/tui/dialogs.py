@@ -1,0 +1,315 @@
+"""Modal dialogs: confirmation, retrain, new search, export and help.
+
+Forms validate on submit and show the first problem inline, beside the
+field, and keep the dialog open; nothing is queued until every field is valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from smash_tui.tui.forms import (
+    PRESETS,
+    STRATEGIES,
+    FormError,
+    RetrainSettings,
+    SearchSettings,
+    parse_retrain,
+    parse_search,
+)
+
+DIALOG_CSS = """
+{name} {{
+    align: center middle;
+    background: $background 60%;
+}}
+{name} > Vertical {{
+    width: 64;
+    max-width: 100%;
+    height: auto;
+    max-height: 100%;
+    border: thick $accent;
+    background: $surface;
+    padding: 0 1;
+}}
+{name} .dialog-title {{ text-style: bold; width: 1fr; padding: 0 0 1 0; }}
+{name} .form {{ grid-size: 2; grid-columns: 16 1fr; grid-rows: 3; height: auto; }}
+{name} .form Label {{ padding: 1 0 0 0; }}
+{name} .form-error {{ color: $error; height: auto; min-height: 1; }}
+{name} .buttons {{ height: 3; align-horizontal: right; }}
+{name} .buttons Button {{ margin-left: 1; min-width: 10; }}
+{name} Input.-invalid {{ border: tall $error; }}
+"""
+
+
+class FormDialog(ModalScreen[object]):
+    """A dialog with inputs, an inline error line and submit/cancel buttons."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    def show_error(self, error: FormError) -> None:
+        """Show a validation problem and focus the field it is about."""
+        self.query_one(".form-error", Static).update(error.message)
+        for widget in self.query("Input"):
+            widget.remove_class("-invalid")
+        try:
+            field = self.query_one(f"#{error.field}")
+        except Exception:
+            return
+        field.add_class("-invalid")
+        field.focus()
+
+    def action_cancel(self) -> None:
+        """Close without doing anything."""
+        self.dismiss(None)
+
+    def submit(self) -> None:
+        """Validate the fields and dismiss with the result (subclasses)."""
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self.submit()
+
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        self.submit()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Ask a yes/no question; y or enter confirms, n or escape declines.
+
+    Args:
+        question: What is about to happen.
+        confirm: The label of the confirming button.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="ConfirmDialog")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str, confirm: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(self.question, classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button(f"{self.confirm} (y)", variant="error", id="yes")
+                yield Button("No (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#yes", Button).focus()
+
+    def action_answer(self, value: bool) -> None:
+        """Close with the answer."""
+        self.dismiss(value)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class RetrainDialog(FormDialog):
+    """Ask for the retrain settings of one or more architectures.
+
+    Args:
+        architecture_ids: What will be retrained.
+        defaults: The values shown at first.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="RetrainDialog")
+
+    def __init__(self, architecture_ids: list[int], defaults: RetrainSettings) -> None:
+        super().__init__()
+        self.architecture_ids = architecture_ids
+        self.defaults = defaults
+
+    def compose(self) -> ComposeResult:
+        ids = self.architecture_ids
+        what = (
+            f"architecture {ids[0]}"
+            if len(ids) == 1
+            else f"{len(ids)} architectures ({', '.join(map(str, ids[:6]))}{'…' if len(ids) > 6 else ''})"
+        )
+        with Vertical():
+            yield Static(f"Retrain {what} from scratch", classes="dialog-title")
+            with Grid(classes="form"):
+                yield Label("epochs")
+                yield Input(str(self.defaults.epochs), id="epochs")
+                yield Label("batch size")
+                yield Input(str(self.defaults.batch_size), id="batch-size")
+                yield Label("learning rate")
+                yield Input(f"{self.defaults.lr:g}", id="lr")
+            yield Static("", classes="form-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Queue", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def submit(self) -> None:
+        try:
+            settings = parse_retrain(
+                self.query_one("#epochs", Input).value,
+                self.query_one("#batch-size", Input).value,
+                self.query_one("#lr", Input).value,
+            )
+        except FormError as error:
+            self.show_error(error)
+            return
+        self.dismiss(settings)
+
+
+class NewSearchDialog(FormDialog):
+    """Ask for a new search: data set, preset, HyperNet epochs, architectures, strategy.
+
+    Args:
+        defaults: The values shown at first.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="NewSearchDialog")
+
+    def __init__(self, defaults: SearchSettings) -> None:
+        super().__init__()
+        self.defaults = defaults
+
+    def compose(self) -> ComposeResult:
+        d = self.defaults
+        with Vertical():
+            yield Static("New search", classes="dialog-title")
+            with Grid(classes="form"):
+                yield Label("data set")
+                yield Input(d.dataset, id="dataset", placeholder="synthetic, cifar10, npz:PATH…")
+                yield Label("preset")
+                yield Select(
+                    [(name, name) for name in PRESETS],
+                    value=d.preset,
+                    id="preset",
+                    allow_blank=False,
+                )
+                yield Label("HyperNet epochs")
+                yield Input(str(d.epochs), id="epochs")
+                yield Label("architectures")
+                yield Input(str(d.archs), id="archs")
+                yield Label("strategy")
+                yield Select(
+                    [(name, name) for name in STRATEGIES],
+                    value=d.strategy,
+                    id="strategy",
+                    allow_blank=False,
+                )
+                yield Label("name")
+                yield Input(d.name or "", id="name", placeholder="optional")
+                yield Label("seed")
+                yield Input(str(d.seed), id="seed")
+            yield Static("", classes="form-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Start", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def submit(self) -> None:
+        try:
+            settings = parse_search(
+                dataset=self.query_one("#dataset", Input).value,
+                preset=str(self.query_one("#preset", Select).value),
+                epochs=self.query_one("#epochs", Input).value,
+                archs=self.query_one("#archs", Input).value,
+                strategy=str(self.query_one("#strategy", Select).value),
+                name=self.query_one("#name", Input).value,
+                seed=self.query_one("#seed", Input).value,
+            )
+        except FormError as error:
+            self.show_error(error)
+            return
+        self.dismiss(settings)
+
+
+class ExportDialog(FormDialog):
+    """Ask where to export an architecture (as `smash export ID DIR`).
+
+    Args:
+        architecture_id: The architecture.
+        default_dir: The folder shown at first.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="ExportDialog")
+
+    def __init__(self, architecture_id: int, default_dir: str) -> None:
+        super().__init__()
+        self.architecture_id = architecture_id
+        self.default_dir = default_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(
+                f"Export architecture {self.architecture_id}: spec, weights and a loader script",
+                classes="dialog-title",
+            )
+            with Grid(classes="form"):
+                yield Label("folder")
+                yield Input(self.default_dir, id="folder")
+            yield Static("", classes="form-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Export", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def submit(self) -> None:
+        folder = self.query_one("#folder", Input).value.strip()
+        if not folder:
+            self.show_error(FormError("folder", "give a folder to export to"))
+            return
+        self.dismiss(folder)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the app, by view.
+
+    Args:
+        sections: (title, [(keys, what it does)]) per view.
+    """
+
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; background: $background 60%; }
+    HelpScreen > VerticalScroll {
+        width: 80; max-width: 100%; height: 90%;
+        border: thick $accent; background: $surface; padding: 0 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q,question_mark", "close", "Close"),
+    ]
+
+    def __init__(self, sections: Iterable[tuple[str, list[tuple[str, str]]]]) -> None:
+        super().__init__()
+        self.sections = list(sections)
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("smash keys", style="bold")
+        text.append("  (esc closes; ctrl+p searches every command)\n", style="dim")
+        for title, keys in self.sections:
+            text.append(f"\n{title}\n", style="bold underline")
+            for key, description in keys:
+                text.append(f"  {key:<16}", style="bold cyan")
+                text.append(f"{description}\n")
+        with VerticalScroll():
+            yield Static(text, id="help-text")
+
+    def action_close(self) -> None:
+        """Close the help."""
+        self.dismiss(None)
