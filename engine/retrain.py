@@ -12,9 +12,12 @@ weights and numbers of an uninterrupted one (on the CPU, where kernels are deter
 
 Trainability: the derived network has no BatchNorm inside its blocks, and banks sum
 the outputs of every op that writes into them, so under plain Kaiming init a bank's
-variance grows with each write. `reinitialise` (recipe "banks", the default) scales the
-last conv of every op path so that each bank starts with the variance of one write;
-it changes the initial weights only, never what the network computes.
+variance grows with each write (at init, blocks of sampled paper-preset networks hand
+their transition an RMS of up to 231). `reinitialise` (recipe "banks", the default)
+scales the last conv of every op path so that each bank starts with the variance of
+one write (RMS 1 to 2); together with a one-epoch warmup this is what made residual-
+style networks train reliably in our measurements. It changes the initial weights
+only, never what the network computes.
 
 Example:
     data = load_dataset(DataConfig("cifar10"))
@@ -79,8 +82,10 @@ class RetrainConfig:
     nesterov: bool = True  # Nesterov momentum, as in the paper
     weight_decay: float = 1e-4  # L2 on every parameter, as in the paper
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0: none, as in the paper)
-    warmup_epochs: float = 1.0  # linear warmup from ~0 to lr (at most half the run); cosine decay follows
-    grad_clip: float | None = None  # clip the global gradient norm to this; None: no clipping
+    # Linear warmup from ~0 to lr (at most half the run), then the cosine decay. With the
+    # "banks" init one epoch lifted a tiny ResNet from 23% to 57% in a 4-epoch run; either alone did not.
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = None  # max global gradient norm; None: off (clipping at 2 helped no measured run)
     init: str = "banks"  # weight init recipe, one of INIT_RECIPES (see `reinitialise`)
     augment: bool = True  # random 4-pixel translation and horizontal flip of training images
     seed: int = 0  # seeds the initial weights, the batch order and the augmentation
@@ -289,7 +294,7 @@ def evaluate(
     if layout:
         model.to(memory_format=torch.channels_last)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # no float64 on MPS
     for x, y in split_images.batches(batch_size, channels_last=layout):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -421,7 +426,8 @@ def retrain(
         epoch_start = time.perf_counter()
         if position.batch == 0:
             position.epoch_rng = torch_rng_state(generator)
-            position.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            # float32, not float64: Apple's MPS backend has no float64.
+            position.loss_sum = torch.zeros((), dtype=torch.float32, device=device)
             position.correct = torch.zeros((), dtype=torch.int64, device=device)
             position.seen = 0
         else:
@@ -460,7 +466,7 @@ def retrain(
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             # Device-side sums: no host sync inside the epoch.
-            position.loss_sum += loss.detach().double() * y.shape[0]
+            position.loss_sum += loss.detach() * y.shape[0]
             position.correct += (logits.detach().argmax(1) == y).sum()
             position.seen += y.shape[0]
             position.batch += 1
