@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         path: the checkpoint file; missing parent directories are created.
 
     Raises:
-        CheckpointError: `state` has no kind, or the file cannot be written.
+        CheckpointError: `state` has no kind or holds something torch cannot save, or the
+            file cannot be written.
     """
     path = Path(path)
     if not isinstance(state.get("kind"), str):
@@ -67,6 +69,8 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None
         _fsync_directory(path.parent)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: torch cannot save the state ({_one_line(exc)})") from None
     finally:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
