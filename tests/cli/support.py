@@ -10,13 +10,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 from click.testing import Result
 from typer.testing import CliRunner
 
 from engine.data import DataConfig
+from engine.families import resnet_style
 from engine.hypernet import HyperNetConfig
-from engine.sampler import sample
 from engine.space import PRESETS
 from engine.worker import prepare_experiment
 from smash_tui.cli import app
@@ -146,16 +145,18 @@ def assert_one_line_error(result: Result | subprocess.CompletedProcess[str], cod
 
 
 def retrain_experiment(db: Database, count: int) -> tuple[int, list[int]]:
-    """An experiment on tiny synthetic data with ``count`` sampled tiny architectures, no jobs.
+    """An experiment on tiny synthetic data with ``count`` small ResNet-style architectures.
+
+    No HyperNet and no jobs: what retrain jobs need, cheap to train (a second or two
+    per epoch on one core).
 
     Returns:
         The experiment id and the architecture ids.
     """
     space = PRESETS["tiny"]
-    data = DataConfig("synthetic", synthetic_train=300, synthetic_test=100, val_size=100)
+    data = DataConfig("synthetic", synthetic_train=200, synthetic_test=50, val_size=50)
     spec, _ = prepare_experiment(space, data, HyperNetConfig(growth=(6, 6), layers=(2, 2)), 0)
-    rng = np.random.default_rng(0)
-    archs = [sample(space, rng) for _ in range(count)]
+    archs = [resnet_style(space, ops_per_block=ops) for ops in range(1, count + 1)]
     with db.session() as session:
         experiment = create_experiment(
             session,

@@ -137,7 +137,7 @@ def test_pause_resume_cancel_and_sigterm_through_the_cli_while_a_worker_runs(
     with _opened(url) as db:
         _, archs = retrain_experiment(db, 2)
     first = smash(
-        url, *retrain_args(archs[0], 60, "--detach", "--json", "--device", "cpu", "--threads", "1")
+        url, *retrain_args(archs[0], 200, "--detach", "--json", "--device", "cpu", "--threads", "1")
     )
     assert first.exit_code == 0, first.stderr
     launched = json.loads(first.stdout)
@@ -176,7 +176,7 @@ def test_pause_resume_cancel_and_sigterm_through_the_cli_while_a_worker_runs(
             assert session.get(Architecture, archs[0]).retrain_state is None
 
         # A second job goes to the worker that is alive; SIGTERM gives it back to the queue.
-        second = smash(url, *retrain_args(archs[1], 60, "--detach", "--json", "--device", "cpu"))
+        second = smash(url, *retrain_args(archs[1], 200, "--detach", "--json", "--device", "cpu"))
         assert second.exit_code == 0 and json.loads(second.stdout)["worker_pid"] is None
         second_id = json.loads(second.stdout)["job_id"]
         wait_for(lambda: _job(url, second_id).state == "running", 60, "the second job to start")
