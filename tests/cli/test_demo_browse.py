@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
+from smash_tui.cli import app
+from smash_tui.enqueue import enqueue_score
+from smash_tui.worker_process import Worker, WorkerConfig
 from storage.db import open_database
 from storage.models import Architecture, Checkpoint, Event, Experiment, Job, Metric, Retrain, Score
+from storage.queue import enqueue
 from tests.cli.conftest import DemoRun
 from tests.cli.support import retrain_args, smash
 
@@ -221,3 +226,71 @@ def test_events_of_the_demo_are_readable_one_liners(demo_db: str) -> None:
     assert any("HyperNet epoch 0, step 4: validation error" in m for m in messages)
     assert any(m.startswith("search done: 6 architectures scored") for m in messages)
     assert all("\n" not in m for m in messages)
+
+
+def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(demo_db: str) -> None:
+    with open_database(demo_db) as db:
+        with db.session() as session:
+            train = session.scalars(select(Job).where(Job.kind == "train")).one()
+            racing = enqueue(
+                session,
+                train.experiment_id,
+                "search",
+                {
+                    "search": {"architectures": 10, "batch": 10, "seed": 7},
+                    "score": {"images": 64},
+                    "racing": True,
+                    "race": {"top_k": 2, "first_images": 16, "min_survivors": 2, "margin_z": 0},
+                },
+                depends_on=train.id,
+            ).id
+            first = session.scalars(select(Architecture).order_by(Architecture.id)).first()
+            assert first is not None
+            rescore = enqueue_score(session, [first.id], {"images": 50, "z_draws": 2}).id
+            session.commit()
+        worker = Worker(db, WorkerConfig(device="cpu", once=True, heartbeat_s=0.2))
+        assert worker.run() == 0
+        with db.session() as session:
+            states = {job.id: job.state for job in session.scalars(select(Job))}
+            assert states[racing] == states[rescore] == "done"
+            methods = session.scalars(select(Score.method).where(Score.job_id == racing)).all()
+            # Successive halving: the survivors get full scores, the rest a partial slice.
+            assert len(methods) == 10 and "full+n64" in methods and "racing+n64" in methods
+            racing_images = session.scalars(
+                select(Score.images).where(Score.job_id == racing, Score.method == "racing+n64")
+            ).all()
+            assert all(images < 64 for images in racing_images)
+            rescored = session.scalars(select(Score).where(Score.job_id == rescore)).one()
+            assert (rescored.method, rescored.z_draws, rescored.images) == ("full+n50+z2", 2, 50)
+            refreshed = session.get(Architecture, first.id, populate_existing=True)
+            assert refreshed is not None and refreshed.latest_error == rescored.error
+
+
+def test_every_command_has_help_and_bare_smash_prints_it(demo_db: str) -> None:
+    runner = CliRunner()
+    bare = runner.invoke(app, [])
+    assert bare.exit_code == 0 and "Usage" in bare.stdout
+    commands = [
+        "search",
+        "demo",
+        "retrain",
+        "worker",
+        "experiments",
+        "ls",
+        "show",
+        "export",
+        "jobs",
+        "pause",
+        "resume",
+        "cancel",
+        "info",
+    ]
+    for name in commands:
+        assert name in bare.stdout
+        shown = runner.invoke(app, [name, "--help"])
+        assert shown.exit_code == 0 and "Usage" in shown.stdout, name
+    info = smash(demo_db, "info", "--json")
+    assert info.exit_code == 0, info.stderr
+    report = json.loads(info.stdout)
+    assert report["database"] == demo_db and report["workers_alive"] == 0
+    assert report["torch"] and "cuda_available" in report and report["logs_dir"]

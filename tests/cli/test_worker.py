@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -306,3 +307,29 @@ def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path) -> N
     resumed = [m for m in _events(db, search.id) if m.startswith("resuming search:")]
     assert len(resumed) == 1 and int(resumed[0].split()[2]) >= len(before)
     db.dispose()
+
+
+def test_ctrl_c_in_the_foreground_checkpoints_requeues_and_exits_130(tmp_path: Path) -> None:
+    url = normalize_url(str(tmp_path / "smash.db"))
+    with _opened(url) as db:
+        _, archs = retrain_experiment(db, 1)
+    checkpoint = tmp_path / "smash-files/checkpoints/experiment-1/retrain-1.pt"
+
+    def interrupt_after_the_first_epoch() -> None:
+        # The file system, not the database: see _opened.
+        wait_for(checkpoint.is_file, 120, "the first epoch's checkpoint")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt_after_the_first_epoch, daemon=True)
+    thread.start()
+    result = smash(url, *retrain_args(archs[0], 200, "--device", "cpu"))
+    thread.join(timeout=5)
+    assert result.exit_code == 130, result.stderr
+    assert "error: interrupted: the running job was checkpointed and requeued" in result.stderr
+    assert "Traceback" not in result.stderr
+    job = _job(url, 1)
+    assert (job.state, job.worker_id, job.attempts) == ("queued", None, 1)
+    with _opened(url) as db, db.session() as session:
+        retrain = session.scalars(select(Retrain)).one()
+        assert retrain.finished_at is None and len(retrain.curve) == 0
+        assert session.get(Architecture, archs[0]).retrain_state == "queued"
