@@ -725,6 +725,10 @@ class Worker:
                 saved = records.latest_train_checkpoint(session, experiment.id)
             if saved is None:
                 raise ConfigError(f"experiment {experiment.id} has no trained HyperNet yet")
+            if records.get_job(session, saved.job_id).experiment_id != experiment.id:
+                raise ConfigError(
+                    f"checkpoint {saved.id} belongs to another experiment than {experiment.id}"
+                )
             rows = [records.get_architecture(session, ident) for ident in params.architecture_ids]
             method = score_method("full", params.score)
             done = records.scored_hashes(session, experiment.id, saved.id, method=method)
