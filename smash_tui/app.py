@@ -11,6 +11,7 @@ Entry point: ``run_app(db_url)``.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -23,13 +24,9 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
-from smash_tui.tui.analysis import ParetoScreen, ProxyScreen
-from smash_tui.tui.architectures import ArchitecturesScreen
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.dashboard import DashboardScreen
-from smash_tui.tui.dialogs import ExportDialog, HelpScreen, NewSearchDialog, RetrainDialog
 from smash_tui.tui.forms import RetrainSettings, SearchSettings
-from smash_tui.tui.jobs import JobsScreen
 from smash_tui.tui.messages import ActionDone, ActionFailed, StoreFailed, StoreOpened
 from smash_tui.tui.processes import Launched, launch_worker, run_smash
 from smash_tui.tui.widgets import VIEWS, ViewBar
@@ -57,6 +54,24 @@ TABLE_KEYS = [
     ("home end", "first / last row (the browser then reads the next rows)"),
 ]
 
+# Where each view lives: (module, class).
+SCREENS: dict[str, tuple[str, str]] = {
+    "dashboard": ("smash_tui.tui.dashboard", "DashboardScreen"),
+    "architectures": ("smash_tui.tui.architectures", "ArchitecturesScreen"),
+    "jobs": ("smash_tui.tui.jobs", "JobsScreen"),
+    "proxy": ("smash_tui.tui.analysis", "ProxyScreen"),
+    "pareto": ("smash_tui.tui.analysis", "ParetoScreen"),
+}
+
+
+def screen_class(mode: str) -> type[SmashScreen]:
+    """The view class of a mode, importing its module on first use."""
+    module, name = SCREENS[mode]
+    found = getattr(importlib.import_module(module), name)
+    assert issubclass(found, SmashScreen)
+    return found
+
+
 Launcher = Callable[["Database"], Launched]
 Runner = Callable[[Sequence[str], str], str]
 
@@ -77,10 +92,12 @@ class SmashApp(App[None]):
     TITLE = "smash"
     MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {
         "dashboard": DashboardScreen,
-        "architectures": ArchitecturesScreen,
-        "jobs": JobsScreen,
-        "proxy": ProxyScreen,
-        "pareto": ParetoScreen,
+        # The other views are imported when first shown: a faster first paint.
+        **{
+            mode: partial(lambda mode: screen_class(mode)(), mode)
+            for mode in SCREENS
+            if mode != "dashboard"
+        },
     }
     DEFAULT_MODE = "dashboard"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -165,6 +182,8 @@ class SmashApp(App[None]):
 
     def action_help(self) -> None:
         """Show every key."""
+        from smash_tui.tui.dialogs import HelpScreen
+
         self.push_screen(HelpScreen(self.help_sections()))
 
     def help_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -185,8 +204,7 @@ class SmashApp(App[None]):
         everywhere += [("ctrl+p", "command palette: every action by name"), ("tab", "next pane")]
         sections = [("Everywhere", everywhere)]
         for mode, _, label in VIEWS:
-            screen_class = self.MODES[mode]
-            own = keys(getattr(screen_class, "BINDINGS", []))
+            own = keys(screen_class(mode).BINDINGS)
             if mode == "dashboard":
                 own.insert(0, ("↑ ↓", "pick the experiment every view shows"))
             sections.append((label, own + TABLE_KEYS))
@@ -256,6 +274,8 @@ class SmashApp(App[None]):
             if isinstance(settings, RetrainSettings):
                 self._queue_retrains(store, experiment_id, architecture_ids, settings, on_queued)
 
+        from smash_tui.tui.dialogs import RetrainDialog
+
         self.push_screen(RetrainDialog(architecture_ids, RETRAIN_DEFAULTS), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
@@ -321,6 +341,8 @@ class SmashApp(App[None]):
                 self.notify(f"exporting architecture {architecture_id} to {folder}…")
                 self._export(store, architecture_id, folder)
 
+        from smash_tui.tui.dialogs import ExportDialog
+
         self.push_screen(ExportDialog(architecture_id, default), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
@@ -349,6 +371,8 @@ class SmashApp(App[None]):
             if isinstance(settings, SearchSettings):
                 self.notify("creating the experiment…")
                 self._start_search(store, settings)
+
+        from smash_tui.tui.dialogs import NewSearchDialog
 
         self.push_screen(NewSearchDialog(SEARCH_DEFAULTS), answered)
 

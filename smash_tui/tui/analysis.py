@@ -9,7 +9,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from smash_tui.tui.architectures import row_cells
 from smash_tui.tui.base import SmashScreen
@@ -17,7 +17,7 @@ from smash_tui.tui.format import fixed, human
 from smash_tui.tui.messages import ActionFailed, MarkerPolled, ParetoLoaded, ProxyLoaded
 from smash_tui.tui.stats import ranks
 from smash_tui.tui.tables import RowTable, sync_rows
-from smash_tui.tui.widgets import Chart, Series
+from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import ParetoData, ProxyData
@@ -109,7 +109,7 @@ class ProxyScreen(_Polled):
     """
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="proxy-stats")
+        yield StatusLine(id="proxy-stats")
         with Horizontal(id="proxy-main"):
             yield Chart(
                 "SMASH error vs test accuracy",
@@ -140,8 +140,8 @@ class ProxyScreen(_Polled):
             self.post_message(ActionFailed(f"cannot read retrain results: {exc}"))
 
     def show_nothing(self) -> None:
-        self.query_one("#proxy-stats", Static).update(
-            Text("no experiment yet: press n to start a search", style="dim")
+        self.query_one("#proxy-stats", StatusLine).text = Text(
+            "no experiment yet: press n to start a search", style="dim"
         )
 
     @on(ProxyLoaded)
@@ -149,7 +149,7 @@ class ProxyScreen(_Polled):
         if message.experiment_id != self.smash.experiment_id:
             return
         data = message.data
-        self.query_one("#proxy-stats", Static).update(correlation_text(data))
+        self.query_one("#proxy-stats", StatusLine).text = correlation_text(data)
         pairs = data.pairs
         self.query_one("#proxy-chart", Chart).draw(
             [
@@ -209,7 +209,7 @@ class ParetoScreen(_Polled):
         self.data: ParetoData | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="pareto-stats")
+        yield StatusLine(id="pareto-stats")
         with Horizontal(id="pareto-main"):
             yield Chart("Pareto front", "no scored architectures yet", id="pareto-chart")
             yield RowTable(id="pareto-table")
@@ -238,8 +238,8 @@ class ParetoScreen(_Polled):
             self.post_message(ActionFailed(f"cannot read the Pareto front: {exc}"))
 
     def show_nothing(self) -> None:
-        self.query_one("#pareto-stats", Static).update(
-            Text("no experiment yet: press n to start a search", style="dim")
+        self.query_one("#pareto-stats", StatusLine).text = Text(
+            "no experiment yet: press n to start a search", style="dim"
         )
 
     @on(ParetoLoaded)
@@ -253,7 +253,7 @@ class ParetoScreen(_Polled):
         stats.append(f"{len(data.front)} on the front", style="bold")
         stats.append(f" of {data.scored:,} scored · SMASH error against {label}")
         stats.append(" · c: params/FLOPs · r: retrain the front", style="dim")
-        self.query_one("#pareto-stats", Static).update(stats)
+        self.query_one("#pareto-stats", StatusLine).text = stats
         cost_of = (lambda row: row.params) if data.cost == "params" else (lambda row: row.flops)
         self.query_one("#pareto-chart", Chart).draw(
             [

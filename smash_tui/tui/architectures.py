@@ -19,12 +19,12 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.timer import Timer
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from smash_tui.tui.base import SmashScreen
-from smash_tui.tui.format import clock, fixed, human, state_text
+from smash_tui.tui.format import STATE_STYLES, clock, fixed, human, state_text
+from smash_tui.tui.grid import Grid, GridColumn
 from smash_tui.tui.messages import (
     ActionFailed,
     CountLoaded,
@@ -34,8 +34,7 @@ from smash_tui.tui.messages import (
     PageRequest,
 )
 from smash_tui.tui.spec_view import spec_diagram
-from smash_tui.tui.tables import RowTable, highlighted_key, row_index
-from smash_tui.tui.widgets import Chart, Series
+from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from storage.dashboard import ChangeMarker
@@ -63,6 +62,11 @@ COLUMNS: tuple[tuple[str, str, int, str | None], ...] = (
     ("acc", "acc %", 6, "acc"),
     ("state", "retrain", 7, None),
 )
+# Numbers align right, like in a spreadsheet.
+GRID_COLUMNS = [
+    GridColumn(key, label, width, right=field not in (None, "id"))
+    for key, label, width, field in COLUMNS
+]
 SORT_FIELDS: tuple[str, ...] = tuple(field for *_, field in COLUMNS if field is not None)
 # Upper-case key -> sort field; pressing it again reverses the order.
 SORT_KEYS: dict[str, str] = {
@@ -77,19 +81,20 @@ SORT_KEYS: dict[str, str] = {
 }
 
 
-def row_cells(row: ArchitectureRow, marked: bool) -> list[str | Text]:
-    """The table cells of one architecture."""
+def row_cells(row: ArchitectureRow, marked: bool) -> list[tuple[str, str]]:
+    """The browser cells of one architecture: (text, style) per column."""
+    state = row.retrain_state
     return [
-        Text("●", style="bold magenta") if marked else Text(" "),
-        str(row.id),
-        fixed(row.err, 2),
-        fixed(row.loss, 3),
-        human(row.params),
-        human(row.flops),
-        str(row.depth),
-        str(row.ops),
-        fixed(row.acc, 2),
-        state_text(row.retrain_state),
+        ("●", "bold magenta") if marked else (" ", ""),
+        (str(row.id), ""),
+        (fixed(row.err, 2), ""),
+        (fixed(row.loss, 3), ""),
+        (human(row.params), ""),
+        (human(row.flops), ""),
+        (str(row.depth), ""),
+        (str(row.ops), ""),
+        (fixed(row.acc, 2), "bold green" if row.acc is not None else "dim"),
+        (state or "-", STATE_STYLES.get(state or "", "dim")),
     ]
 
 
@@ -169,18 +174,6 @@ def retrain_series(detail: ArchitectureDetail) -> list[Series]:
     return series
 
 
-class ArchTable(RowTable):
-    """The browser's table; says when the view nears the end of the loaded rows."""
-
-    class NearEnd(Message):
-        """The visible rows are close to the last loaded one."""
-
-    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
-        super().watch_scroll_y(old_value, new_value)
-        if self.row_count and self.max_scroll_y - new_value < PREFETCH:
-            self.post_message(self.NearEnd())
-
-
 class ArchitecturesScreen(SmashScreen):
     """Browse, sort, filter, mark, retrain and export the experiment's architectures."""
 
@@ -234,8 +227,13 @@ class ArchitecturesScreen(SmashScreen):
         self.rows: list[ArchitectureRow] = []
         self.next_after: PageCursor | None = None
         self.total: int | None = None
+        self._recount = True
         self.marks: set[int] = set()
         self.generation = 0
+        # The request whose first window the table shows (benchmarks wait for it).
+        self.shown_generation = 0
+        # Focus the table once this request's rows are shown (after a filter is applied).
+        self._focus_table_after: int | None = None
         self._loading_more = False
         self._listed_for: int | None = None
         self._marker: ChangeMarker | None = None
@@ -251,27 +249,26 @@ class ArchitecturesScreen(SmashScreen):
                     id="arch-filter",
                 )
                 yield Static("", id="arch-filter-error")
-                yield ArchTable(id="arch-table")
-                yield Static("", id="arch-status")
+                yield Grid(GRID_COLUMNS, id="arch-table")
+                yield StatusLine(id="arch-status")
             with VerticalScroll(id="arch-detail"):
                 yield Static(Text("select an architecture", style="dim"), id="arch-detail-text")
                 yield Chart("Retrain accuracy %", "no retrain curve yet", id="arch-retrain-chart")
 
     def on_mount(self) -> None:
         super().on_mount()
-        self._add_columns()
+        self._show_labels()
         self._show_status()
 
     # --- columns and status -----------------------------------------------------------------
 
-    def _add_columns(self) -> None:
-        table = self.query_one(ArchTable)
-        for key, label, width, field in COLUMNS:
-            header = Text(label)
+    def _show_labels(self) -> None:
+        labels = []
+        for _, label, _, field in COLUMNS:
             if field is not None and field == self.sort:
-                header.append("▼" if self.descending else "▲")
-                header.stylize("bold")
-            table.add_column(header, key=key, width=width + (1 if field == self.sort else 0))
+                label += "▼" if self.descending else "▲"
+            labels.append(label)
+        self.query_one(Grid).set_labels(labels)
 
     def _show_status(self) -> None:
         text = Text()
@@ -287,7 +284,7 @@ class ArchitecturesScreen(SmashScreen):
                 text.append(f" · {len(self.marks)} marked", style="magenta")
             if self._stale:
                 text.append(" · new results: ctrl+r", style="yellow")
-        self.query_one("#arch-status", Static).update(text)
+        self.query_one("#arch-status", StatusLine).text = text
 
     # --- loading ------------------------------------------------------------------------------
 
@@ -308,12 +305,16 @@ class ArchitecturesScreen(SmashScreen):
         else:
             self._poll(store)
 
-    def reload_window(self, *, keep_cursor: bool, limit: int | None = None) -> None:
+    def reload_window(
+        self, *, keep_cursor: bool, limit: int | None = None, recount: bool = True
+    ) -> None:
         """Read the first window of the current order and filter again.
 
         Args:
             keep_cursor: Keep the highlighted row (a refresh); False starts at the top.
             limit: Rows to read; by default one window.
+            recount: Count the matching rows again once the window is shown (a new
+                sort leaves the count as it is).
         """
         store = self.store
         experiment_id = self.smash.experiment_id
@@ -321,9 +322,11 @@ class ArchitecturesScreen(SmashScreen):
             return
         self.generation += 1
         self._loading_more = False
+        self._recount = self._recount or recount
+        if recount and not keep_cursor:
+            self.total = None  # a new filter: the old count is wrong until the new one comes
         request = self._request(experiment_id, append=False, keep_cursor=keep_cursor)
         self._read_page(store, request, None, limit or PAGE)
-        self._read_count(store, self.generation, experiment_id, self.filter)
 
     def _request(self, experiment_id: int, *, append: bool, keep_cursor: bool) -> PageRequest:
         return PageRequest(
@@ -397,34 +400,38 @@ class ArchitecturesScreen(SmashScreen):
         request = message.request
         if request.generation != self.generation:
             return  # an answer to an older sort or filter
-        table = self.query_one(ArchTable)
+        grid = self.query_one(Grid)
         page = message.page
+        cells = [(str(row.id), row_cells(row, row.id in self.marks)) for row in page.rows]
         if request.append:
             self._loading_more = False
             self.rows.extend(page.rows)
-            for row in page.rows:
-                table.add_row(*row_cells(row, row.id in self.marks), key=str(row.id))
+            grid.append_rows(cells)
             self.next_after = page.next_after
             self._show_status()
             return
-        keep = highlighted_key(table) if request.keep_cursor else None
-        index = table.cursor_row
-        scroll_y = table.scroll_y
+        keep = grid.cursor_key if request.keep_cursor else None
+        index = grid.cursor_row
         self.rows = list(page.rows)
         self.next_after = page.next_after
-        table.clear(columns=True)
-        self._add_columns()
-        for row in self.rows:
-            table.add_row(*row_cells(row, row.id in self.marks), key=str(row.id))
-        if request.keep_cursor and self.rows:
-            found = row_index(table, keep) if keep is not None else None
-            target = found if found is not None else min(index, len(self.rows) - 1)
-            table.move_cursor(row=target, animate=False, scroll=False)
-            table.scroll_to(y=scroll_y, animate=False, immediate=True)
+        self._show_labels()
+        if request.keep_cursor:
+            found = {key: i for i, (key, _) in enumerate(cells)}.get(keep or "")
+            grid.set_rows(
+                cells, cursor=found if found is not None else index, scroll_y=grid.scroll_y
+            )
         else:
-            table.move_cursor(row=0, animate=False)
-            table.scroll_home(animate=False, immediate=True)
+            grid.set_rows(cells, cursor=0, scroll_y=0)
+        self.shown_generation = request.generation
+        if self._recount and self.store is not None:
+            # Counted after the window is read, not beside it: on a small CPU the
+            # count (a scan of every match) would slow down the window the user waits for.
+            self._recount = False
+            self._read_count(self.store, request.generation, request.experiment_id, request.filter)
         self._show_status()
+        if self._focus_table_after == request.generation:
+            self._focus_table_after = None
+            self.call_after_refresh(grid.focus)
         if not self.rows:
             self._show_detail(None)
 
@@ -449,18 +456,17 @@ class ArchitecturesScreen(SmashScreen):
     def _read_more(self, store: Any, request: PageRequest, after: PageCursor) -> None:
         self._fetch_page(store, request, after, PAGE)
 
-    @on(ArchTable.NearEnd)
+    @on(Grid.NearEnd, "#arch-table")
     def _near_end(self) -> None:
         self._load_more()
 
     # --- detail -------------------------------------------------------------------------------
 
-    @on(DataTable.RowHighlighted, "#arch-table")
-    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.cursor_row >= len(self.rows) - PREFETCH:
+    @on(Grid.RowHighlighted, "#arch-table")
+    def _highlighted(self, event: Grid.RowHighlighted) -> None:
+        if event.index >= len(self.rows) - PREFETCH:
             self._load_more()
-        key = event.row_key.value
-        self._show_detail(int(key) if key is not None else None)
+        self._show_detail(int(event.key) if event.key is not None else None)
 
     def _show_detail(self, architecture_id: int | None) -> None:
         if architecture_id == self._detail_id:
@@ -508,7 +514,7 @@ class ArchitecturesScreen(SmashScreen):
     def set_sort(self, field: str, descending: bool) -> None:
         """Sort by ``field`` and read the first window of the new order."""
         self.sort, self.descending = field, descending
-        self.reload_window(keep_cursor=False)
+        self.reload_window(keep_cursor=False, recount=False)
 
     def action_sort(self, field: str) -> None:
         """Sort by a column; the same column again reverses the order."""
@@ -528,9 +534,9 @@ class ArchitecturesScreen(SmashScreen):
         """Reverse the sort order."""
         self.set_sort(self.sort, not self.descending)
 
-    @on(DataTable.HeaderSelected, "#arch-table")
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        field = dict((key, field) for key, _, _, field in COLUMNS).get(str(event.column_key.value))
+    @on(Grid.HeaderSelected, "#arch-table")
+    def _header(self, event: Grid.HeaderSelected) -> None:
+        field = {key: field for key, _, _, field in COLUMNS}.get(event.column)
         if field is not None:
             self.action_sort(field)
 
@@ -546,7 +552,7 @@ class ArchitecturesScreen(SmashScreen):
         line = self.query_one("#arch-filter", Input)
         line.remove_class("-shown")
         self._filter_error(None)
-        self.query_one(ArchTable).focus()
+        self.query_one(Grid).focus()
         if self.filter_text:
             self.filter_text, self.filter = "", None
             self.reload_window(keep_cursor=False)
@@ -565,10 +571,12 @@ class ArchitecturesScreen(SmashScreen):
         self._filter_error(None)
         self.filter_text = str(parsed) if parsed.terms else ""
         self.filter = parsed if parsed.terms else None
+        # The query starts first; the focus moves to the table once the rows are
+        # shown (a focus change re-lays out the footer, which would delay them).
+        self.reload_window(keep_cursor=False)
+        self._focus_table_after = self.generation
         if not parsed.terms:
             event.input.remove_class("-shown")
-        self.query_one(ArchTable).focus()
-        self.reload_window(keep_cursor=False)
 
     @on(Input.Changed, "#arch-filter")
     def _typing(self) -> None:
@@ -576,6 +584,8 @@ class ArchitecturesScreen(SmashScreen):
 
     def _filter_error(self, message: str | None) -> None:
         error = self.query_one("#arch-filter-error", Static)
+        if message is None and not error.has_class("-shown"):
+            return  # nothing to clear: an update would lay the screen out again
         error.update(message or "")
         error.set_class(message is not None, "-shown")
         self.query_one("#arch-filter", Input).set_class(message is not None, "-invalid")
@@ -583,14 +593,14 @@ class ArchitecturesScreen(SmashScreen):
     # --- marks and actions --------------------------------------------------------------------
 
     def _current(self) -> ArchitectureRow | None:
-        key = highlighted_key(self.query_one(ArchTable))
+        key = self.query_one(Grid).cursor_key
         if key is None:
             return None
         return next((row for row in self.rows if row.id == int(key)), None)
 
     def action_mark(self) -> None:
         """Mark or unmark the highlighted row, then move down."""
-        table = self.query_one(ArchTable)
+        grid = self.query_one(Grid)
         row = self._current()
         if row is None:
             return
@@ -598,17 +608,17 @@ class ArchitecturesScreen(SmashScreen):
             self.marks.discard(row.id)
         else:
             self.marks.add(row.id)
-        table.update_cell(str(row.id), "mark", row_cells(row, row.id in self.marks)[0])
-        table.action_cursor_down()
+        grid.update_row(str(row.id), row_cells(row, row.id in self.marks))
+        grid.action_cursor(1)
         self._show_status()
 
     def action_unmark(self) -> None:
         """Clear every mark."""
-        table = self.query_one(ArchTable)
-        for ident in self.marks:
-            if row_index(table, str(ident)) is not None:
-                table.update_cell(str(ident), "mark", Text(" "))
-        self.marks.clear()
+        grid = self.query_one(Grid)
+        marked, self.marks = self.marks, set()
+        for row in self.rows:
+            if row.id in marked:
+                grid.update_row(str(row.id), row_cells(row, False))
         self._show_status()
 
     def action_retrain(self) -> None:

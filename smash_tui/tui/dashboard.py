@@ -15,7 +15,7 @@ from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.format import clock, duration, human, progress_bar, state_text
 from smash_tui.tui.messages import ActionFailed, DashboardLoaded
 from smash_tui.tui.tables import RowTable, highlighted_key, row_index, sync_rows
-from smash_tui.tui.widgets import Chart, Series
+from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import Curves, DashboardData, JobView
@@ -102,8 +102,8 @@ class DashboardScreen(SmashScreen):
         with Horizontal(id="dash-charts"):
             yield Chart("HyperNet loss", "no training curve yet", id="dash-loss")
             yield Chart("HyperNet %", "no training curve yet", id="dash-acc")
-        yield Static("", id="dash-stats")
-        yield RichLog(id="dash-events", max_lines=500, wrap=False, markup=False)
+        yield StatusLine(id="dash-stats")
+        yield RichLog(id="dash-events", max_lines=500, wrap=True, markup=False)
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -125,8 +125,8 @@ class DashboardScreen(SmashScreen):
             ("eta", "ETA", 6),
         ):
             jobs.add_column(label, key=key, width=width)
-        self.query_one("#dash-stats", Static).update(
-            Text("opening the database…" if self.store is None else "", style="dim")
+        self.query_one("#dash-stats", StatusLine).text = Text(
+            "opening the database…" if self.store is None else "", style="dim"
         )
         if self.store is not None:
             self.refresh_data(force=True)
@@ -222,7 +222,7 @@ class DashboardScreen(SmashScreen):
         )
         if not count and any(job.state == "queued" for job in data.jobs):
             text.append(" (queued jobs wait for one: queue work with r or n to start one)")
-        self.query_one("#dash-stats", Static).update(text)
+        self.query_one("#dash-stats", StatusLine).text = text
 
     def _show_events(self, data: DashboardData) -> None:
         log = self.query_one("#dash-events", RichLog)

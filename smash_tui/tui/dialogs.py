@@ -44,6 +44,8 @@ DIALOG_CSS = """
 {name} .dialog-title {{ text-style: bold; width: 1fr; padding: 0 0 1 0; }}
 {name} .form {{ grid-size: 2; grid-columns: 16 1fr; grid-rows: 3; height: auto; }}
 {name} .form Label {{ padding: 1 0 0 0; }}
+{name} .-compact .form {{ grid-rows: 1; grid-gutter: 1 0; }}
+{name} .-compact .form Label {{ padding: 0; }}
 {name} .form-error {{ color: $error; height: auto; min-height: 1; }}
 {name} .buttons {{ height: 3; align-horizontal: right; }}
 {name} .buttons Button {{ margin-left: 1; min-width: 10; }}
@@ -51,10 +53,23 @@ DIALOG_CSS = """
 """
 
 
+# Below this terminal height, form fields lose their borders so every field fits.
+FULL_FORM_HEIGHT = 34
+
+
 class FormDialog(ModalScreen[object]):
     """A dialog with inputs, an inline error line and submit/cancel buttons."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+
+    @property
+    def compact(self) -> bool:
+        """Borderless fields, for short terminals."""
+        return self.app.size.height < FULL_FORM_HEIGHT
+
+    def body(self) -> Vertical:
+        """The dialog's frame (compact on short terminals)."""
+        return Vertical(classes="-compact" if self.compact else "")
 
     def show_error(self, error: FormError) -> None:
         """Show a validation problem and focus the field it is about."""
@@ -148,15 +163,16 @@ class RetrainDialog(FormDialog):
             if len(ids) == 1
             else f"{len(ids)} architectures ({', '.join(map(str, ids[:6]))}{'…' if len(ids) > 6 else ''})"
         )
-        with Vertical():
+        compact = self.compact
+        with self.body():
             yield Static(f"Retrain {what} from scratch", classes="dialog-title")
             with Grid(classes="form"):
                 yield Label("epochs")
-                yield Input(str(self.defaults.epochs), id="epochs")
+                yield Input(str(self.defaults.epochs), id="epochs", compact=compact)
                 yield Label("batch size")
-                yield Input(str(self.defaults.batch_size), id="batch-size")
+                yield Input(str(self.defaults.batch_size), id="batch-size", compact=compact)
                 yield Label("learning rate")
-                yield Input(f"{self.defaults.lr:g}", id="lr")
+                yield Input(f"{self.defaults.lr:g}", id="lr", compact=compact)
             yield Static("", classes="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Queue", variant="primary", id="ok")
@@ -190,33 +206,41 @@ class NewSearchDialog(FormDialog):
 
     def compose(self) -> ComposeResult:
         d = self.defaults
-        with Vertical():
+        compact = self.compact
+        with self.body():
             yield Static("New search", classes="dialog-title")
             with Grid(classes="form"):
                 yield Label("data set")
-                yield Input(d.dataset, id="dataset", placeholder="synthetic, cifar10, npz:PATH…")
+                yield Input(
+                    d.dataset,
+                    id="dataset",
+                    placeholder="synthetic, cifar10, npz:PATH…",
+                    compact=compact,
+                )
                 yield Label("preset")
                 yield Select(
                     [(name, name) for name in PRESETS],
                     value=d.preset,
                     id="preset",
                     allow_blank=False,
+                    compact=compact,
                 )
                 yield Label("HyperNet epochs")
-                yield Input(str(d.epochs), id="epochs")
+                yield Input(str(d.epochs), id="epochs", compact=compact)
                 yield Label("architectures")
-                yield Input(str(d.archs), id="archs")
+                yield Input(str(d.archs), id="archs", compact=compact)
                 yield Label("strategy")
                 yield Select(
                     [(name, name) for name in STRATEGIES],
                     value=d.strategy,
                     id="strategy",
                     allow_blank=False,
+                    compact=compact,
                 )
                 yield Label("name")
-                yield Input(d.name or "", id="name", placeholder="optional")
+                yield Input(d.name or "", id="name", placeholder="optional", compact=compact)
                 yield Label("seed")
-                yield Input(str(d.seed), id="seed")
+                yield Input(str(d.seed), id="seed", compact=compact)
             yield Static("", classes="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Start", variant="primary", id="ok")
@@ -255,14 +279,14 @@ class ExportDialog(FormDialog):
         self.default_dir = default_dir
 
     def compose(self) -> ComposeResult:
-        with Vertical():
+        with self.body():
             yield Static(
                 f"Export architecture {self.architecture_id}: spec, weights and a loader script",
                 classes="dialog-title",
             )
             with Grid(classes="form"):
                 yield Label("folder")
-                yield Input(self.default_dir, id="folder")
+                yield Input(self.default_dir, id="folder", compact=self.compact)
             yield Static("", classes="form-error")
             with Horizontal(classes="buttons"):
                 yield Button("Export", variant="primary", id="ok")

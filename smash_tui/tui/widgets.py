@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.content import Content
 from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -57,6 +58,28 @@ class ViewBar(Static):
         if self.experiment:
             parts.append(Content.styled(f"  │ {self.experiment}", "italic"))
         return Content("").join(parts)
+
+
+class StatusLine(Widget):
+    """A one-line status text; changing it repaints the line without a new layout.
+
+    (``Static.update`` lays the whole screen out again, which re-measures every
+    auto-sized widget; a status line changes far too often for that.)
+    """
+
+    DEFAULT_CSS = """
+    StatusLine {
+        height: 1;
+        width: 1fr;
+        padding: 0 1;
+        background: $boost;
+    }
+    """
+
+    text: reactive[Text] = reactive(Text, layout=False)
+
+    def render(self) -> Text:
+        return self.text
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,16 @@ from rich.text import Text
 from sqlalchemy import select
 from textual.content import Content
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
-from smash_tui.app import SmashApp
+from smash_tui.app import SCREENS, SmashApp, screen_class
 from smash_tui.tui.architectures import ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen
 from smash_tui.tui.dialogs import ConfirmDialog, HelpScreen, NewSearchDialog, RetrainDialog
+from smash_tui.tui.grid import Grid
 from smash_tui.tui.messages import CountLoaded, PageLoaded
+from smash_tui.tui.widgets import StatusLine
 from storage.db import open_database
 from storage.errors import StorageError
 from storage.models import Architecture, Job
@@ -26,8 +29,11 @@ from tests.tui.conftest import FakeLauncher, FakeRunner, make_app, settle
 from tests.tui.fixtures import KNOWN_ERRORS, Fixture
 
 
-def text_of(widget: Static) -> str:
-    """The plain text a Static shows (Rich renderables rendered 200 columns wide)."""
+def text_of(widget: Widget) -> str:
+    """The plain text a Static or StatusLine shows (Rich renderables 200 columns wide)."""
+    if isinstance(widget, StatusLine):
+        return widget.text.plain
+    assert isinstance(widget, Static)
     content = widget.content
     if isinstance(content, str):
         return content
@@ -39,9 +45,9 @@ def text_of(widget: Static) -> str:
     return capture.get()
 
 
-def ids_shown(table: DataTable[Any]) -> list[int]:
-    """Architecture ids in the table, top to bottom."""
-    return [int(str(key.value)) for key in table.rows]
+def ids_shown(grid: Grid) -> list[int]:
+    """Architecture ids in the browser, top to bottom."""
+    return [int(key) for key in grid.keys]
 
 
 def jobs_in_db(fixture: Fixture, kind: str | None = None) -> list[Job]:
@@ -84,7 +90,7 @@ async def test_app_opens_on_the_dashboard_with_the_newest_experiment(
         search_row = [str(cell) for cell in jobs.get_row(str(fixture.search_job_id))]
         assert "running" in search_row and "200/500 scored" in search_row
         assert "1m35s" in search_row  # the ETA from the heartbeat
-        stats = text_of(screen.query_one("#dash-stats", Static))
+        stats = text_of(screen.query_one("#dash-stats", StatusLine))
         assert "img/s" in stats and "no worker running" in stats
         assert not screen.query_one("#dash-loss").has_class("-empty")
         # Moving the cursor picks the other experiment for every view.
@@ -102,7 +108,7 @@ async def test_sorting_reads_the_new_order_from_the_database(
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(120, 40), message_hook=seen.append) as pilot:
         screen = await open_browser(pilot)
-        table = screen.query_one("#arch-table", DataTable)
+        table = screen.query_one("#arch-table", Grid)
         # By SMASH error first: the known errors 10, 20, 30... lead.
         assert ids_shown(table)[:2] == list(fixture.retrained_ids[:2])
         db = open_database(fixture.url)
@@ -117,7 +123,7 @@ async def test_sorting_reads_the_new_order_from_the_database(
         await settle(pilot)
         assert ids_shown(table) == [row.id for row in by_params.rows]
         assert screen.sort == "params" and not screen.descending
-        assert "params▲" in str(table.ordered_columns[4].label)
+        assert table.labels[4] == "params▲"
         await pilot.press("P")  # the same column again reverses it
         await settle(pilot)
         assert ids_shown(table) == [row.id for row in by_params_desc.rows]
@@ -142,7 +148,7 @@ async def test_filter_shows_matching_rows_and_escape_clears_it(
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
-        table = screen.query_one("#arch-table", DataTable)
+        table = screen.query_one("#arch-table", Grid)
         assert table.row_count == 40
         await pilot.press("slash", *"err<30", "enter")
         await settle(pilot)
@@ -150,7 +156,7 @@ async def test_filter_shows_matching_rows_and_escape_clears_it(
         assert shown and all(row.err is not None and row.err < 30 for row in shown)
         assert table.row_count == len(shown) == screen.total
         assert set(fixture.retrained_ids[:2]) <= {row.id for row in shown}
-        assert "filter err<30" in text_of(screen.query_one("#arch-status", Static))
+        assert "filter err<30" in text_of(screen.query_one("#arch-status", StatusLine))
         await pilot.press("slash", "ctrl+u", *"params>1M err<50", "enter")
         await settle(pilot)
         assert all(row.params > 1e6 and (row.err or 99) < 50 for row in screen.rows)
@@ -166,7 +172,7 @@ async def test_a_bad_filter_shows_an_inline_error_and_keeps_the_rows(
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
-        before = ids_shown(screen.query_one("#arch-table", DataTable))
+        before = ids_shown(screen.query_one("#arch-table", Grid))
         await pilot.press("slash", *"siez<3", "enter")
         await settle(pilot)
         error = screen.query_one("#arch-filter-error", Static)
@@ -174,7 +180,7 @@ async def test_a_bad_filter_shows_an_inline_error_and_keeps_the_rows(
         assert "unknown field 'siez'" in text_of(error)
         line = screen.query_one("#arch-filter", Input)
         assert line.has_focus and line.has_class("-invalid")
-        assert ids_shown(screen.query_one("#arch-table", DataTable)) == before
+        assert ids_shown(screen.query_one("#arch-table", Grid)) == before
         # Typing again clears the error.
         await pilot.press("backspace")
         assert not error.has_class("-shown")
@@ -194,7 +200,7 @@ async def test_detail_pane_shows_the_highlighted_architecture(
         await pilot.press("down", "down")
         await pilot.pause(0.1)
         await settle(pilot)
-        third = ids_shown(screen.query_one("#arch-table", DataTable))[2]
+        third = ids_shown(screen.query_one("#arch-table", Grid))[2]
         assert screen._detail_id == third
         lines = text_of(detail)
         assert f"Architecture {third}" in lines
@@ -209,7 +215,7 @@ async def test_retrain_dialog_queues_a_job_with_the_chosen_settings(
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
         await pilot.press("down", "down")  # the third row: not retrained yet
-        target = ids_shown(screen.query_one("#arch-table", DataTable))[2]
+        target = ids_shown(screen.query_one("#arch-table", Grid))[2]
         await pilot.press("r")
         await settle(pilot)
         dialog = app.screen
@@ -242,7 +248,7 @@ async def test_marked_rows_are_retrained_together(
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
-        shown = ids_shown(screen.query_one("#arch-table", DataTable))
+        shown = ids_shown(screen.query_one("#arch-table", Grid))
         await pilot.press("down", "down", "space", "space")  # marks rows 3 and 4
         assert screen.marks == {shown[2], shown[3]}
         await pilot.press("r")
@@ -440,7 +446,7 @@ async def test_proxy_view_shows_kendall_tau_for_known_ranks(
         await settle(pilot)
         await pilot.press("4")
         await settle(pilot)
-        stats = text_of(app.screen.query_one("#proxy-stats", Static))
+        stats = text_of(app.screen.query_one("#proxy-stats", StatusLine))
         assert "Kendall τ -0.80" in stats
         assert "Spearman ρ -0.90" in stats
         assert "5 pairs" in stats
@@ -511,9 +517,9 @@ async def test_help_lists_every_key_and_each_key_works(
         await settle(pilot)
         assert isinstance(app.screen, HelpScreen)
         shown = text_of(app.screen.query_one("#help-text", Static))
-        for mode in app.MODES:
-            for binding in app.MODES[mode].BINDINGS:  # type: ignore[union-attr]
-                assert app.get_key_display(binding) in shown
+        for mode in SCREENS:
+            for binding in screen_class(mode).BINDINGS:
+                assert app.get_key_display(binding) in shown  # type: ignore[arg-type]
         for binding in app.BINDINGS:
             assert app.get_key_display(binding) in shown  # type: ignore[arg-type]
         await pilot.press("escape")
@@ -541,8 +547,8 @@ async def test_the_browser_fills_live_while_scoring_runs(
     app = make_app(fixture, launcher, runner, poll_interval=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
-        table = screen.query_one("#arch-table", DataTable)
-        table.move_cursor(row=3)
+        table = screen.query_one("#arch-table", Grid)
+        table.cursor_row = 3
         highlighted = ids_shown(table)[3]
         assert table.row_count == 40
         db = open_database(fixture.url)
@@ -577,7 +583,7 @@ async def test_windowed_loading_reads_the_next_page_near_the_end(
     app = SmashApp(big.url, poll_interval=None, launcher=launcher, runner=runner)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
-        table = screen.query_one("#arch-table", DataTable)
+        table = screen.query_one("#arch-table", Grid)
         assert table.row_count == 200 and screen.next_after is not None
         await pilot.press("end")
         await settle(pilot)
