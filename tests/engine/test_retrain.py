@@ -37,6 +37,10 @@ from engine.retrain import (
 from engine.sampler import sample
 from engine.space import PRESETS
 
+# One xdist worker for the whole module: its module fixtures (data, reference run) are then
+# built once instead of once per worker.
+pytestmark = pytest.mark.xdist_group("retrain")
+
 TINY = PRESETS["tiny"]
 # Narrower and shallower than tiny, with every kind of op: determinism and resume tests
 # need many short runs, not learning.
