@@ -66,8 +66,8 @@ class SearchRequest:
     race_top_k: int = 10  # racing keeps the ranking's head this long exact
     search_batch: int | None = None  # candidates per scoring batch (None: 16, 64 when racing)
     score_images: int | None = None  # validation images per score (None: all)
-    z_draws: int = 1  # z draws averaged per score
-    bn_recalibration: int = 0  # BN recalibration batches per score
+    z_draws: int | None = None  # z draws averaged per score (None: the engine's default)
+    bn_recalibration: int | None = None  # BN recalibration batches (None: the engine's default)
     commit_every: int = 8  # scored architectures per commit
     seed: int = 0  # seed of the whole experiment
     val_size: float | None = None  # validation carve-out: fraction or count (None: usual)
@@ -140,16 +140,13 @@ def _plan(request: SearchRequest) -> tuple[Any, Any, Any, Any]:
         },
         "search",
     )
-    score = config_from_dict(
-        ScoreConfig,
-        {
-            "images": request.score_images,
-            "z_draws": request.z_draws,
-            "bn_recalibration_batches": request.bn_recalibration,
-            "seed": request.seed,
-        },
-        "score",
-    )
+    score_fields: dict[str, Any] = {"images": request.score_images, "seed": request.seed}
+    # Left out when not given, so that the engine's (tuned) defaults apply.
+    if request.z_draws is not None:
+        score_fields["z_draws"] = request.z_draws
+    if request.bn_recalibration is not None:
+        score_fields["bn_recalibration_batches"] = request.bn_recalibration
+    score = config_from_dict(ScoreConfig, score_fields, "score")
     race = config_from_dict(RaceConfig, {"top_k": request.race_top_k}, "racing")
     try:
         params = SearchParams(
@@ -288,10 +285,13 @@ def search(
     score_images: Annotated[
         int | None, typer.Option(help="Validation images per score [default: all].")
     ] = None,
-    z_draws: Annotated[int, typer.Option(help="Random z draws averaged per score.")] = 1,
+    z_draws: Annotated[
+        int | None, typer.Option(help="Random z draws averaged per score [default: engine's].")
+    ] = None,
     bn_recalibration: Annotated[
-        int, typer.Option(help="BN recalibration batches per score (0: off).")
-    ] = 0,
+        int | None,
+        typer.Option(help="BN recalibration batches per score, 0: off [default: engine's]."),
+    ] = None,
     commit_every: Annotated[
         int, typer.Option(help="Scored architectures per database commit.", hidden=True)
     ] = 8,

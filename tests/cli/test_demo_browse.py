@@ -11,6 +11,8 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from engine.score import ScoreConfig
+from engine.worker import score_method
 from smash_tui.cli import app
 from smash_tui.enqueue import enqueue_score
 from smash_tui.worker_process import Worker, WorkerConfig
@@ -254,14 +256,18 @@ def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(demo_db: str) 
             states = {job.id: job.state for job in session.scalars(select(Job))}
             assert states[racing] == states[rescore] == "done"
             methods = session.scalars(select(Score.method).where(Score.job_id == racing)).all()
+            config = ScoreConfig(images=64)
+            full, partial = score_method("full", config), score_method("racing", config)
             # Successive halving: the survivors get full scores, the rest a partial slice.
-            assert len(methods) == 10 and "full+n64" in methods and "racing+n64" in methods
+            assert len(methods) == 10 and full in methods and partial in methods
             racing_images = session.scalars(
-                select(Score.images).where(Score.job_id == racing, Score.method == "racing+n64")
+                select(Score.images).where(Score.job_id == racing, Score.method == partial)
             ).all()
             assert all(images < 64 for images in racing_images)
             rescored = session.scalars(select(Score).where(Score.job_id == rescore)).one()
-            assert (rescored.method, rescored.z_draws, rescored.images) == ("full+n50+z2", 2, 50)
+            label = score_method("full", ScoreConfig(images=50, z_draws=2))
+            assert label.startswith("full+n50+z2")
+            assert (rescored.method, rescored.z_draws, rescored.images) == (label, 2, 50)
             refreshed = session.get(Architecture, first.id, populate_existing=True)
             assert refreshed is not None and refreshed.latest_error == rescored.error
 
