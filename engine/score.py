@@ -33,8 +33,8 @@ class ScoreConfig:
     images: int | None = None  # validation images to score on (None: the whole split)
     batch_size: int = 500  # images per forward pass
     z_draws: int = 1  # independent z draws whose errors and losses are averaged
-    bn_recalibration_batches: int = 0  # training batches that re-estimate BN statistics (0: off)
-    bn_batch_size: int = 100  # images per recalibration batch
+    bn_recalibration_batches: int = 4  # training batches that re-estimate BN statistics (0: off, the paper's way)
+    bn_batch_size: int = 128  # images per recalibration batch
     seed: int = 0  # z draws and recalibration batches depend only on this and the architecture
     bf16: str = "auto"  # "auto": bf16 autocast on CUDA only; "on" / "off" force it
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
@@ -120,6 +120,7 @@ class Scorer:
         self.images = torch.cat(images)[: self.num_images].to(dtype).contiguous(memory_format=layout)
         self.labels = torch.cat(labels)[: self.num_images]
         self.recalibration: list[torch.Tensor] = []
+        self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         if config.bn_recalibration_batches and train is not None:
             fixed = torch.Generator().manual_seed(config.seed)
             batches = train.batches(
@@ -165,34 +166,39 @@ class Scorer:
         n = len(archs)
         if n == 0:
             return []
-        first = race.first_images or max(1, self.num_images // 16)
-        first = min(first, self.num_images)
+        first = min(race.first_images or max(1, self.num_images // 16), self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [torch.zeros(2, device=self.device) for _ in range(n)]
         alive = list(range(n))
-        done, target = 0, first
         results: dict[int, Score] = {}
-        while True:
-            for i in alive:
-                sums[i] += self._sums(archs[i], done, target)
-            done = target
-            if done >= self.num_images:
-                break
-            if len(alive) > min_survivors:
-                totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
-                ranked = sorted(zip(alive, totals), key=lambda t: (t[1][0], t[1][1], t[0]))
-                keep = max(min_survivors, math.ceil(len(alive) * race.keep))
-                keep = max(keep, self._close_to_top(ranked, race, done))
-                for i, _ in ranked[keep:]:
-                    results[i] = self._to_score(sums[i], done, "racing")
-                    if on_result is not None:
-                        on_result(archs[i], results[i])
-                alive = sorted(i for i, _ in ranked[:keep])
-            target = min(2 * target, self.num_images)
-        for i in alive:
-            results[i] = self._to_score(sums[i], self.num_images, "full")
+
+        def report(i: int, images: int, method: str) -> None:
+            results[i] = self._to_score(sums[i], images, method)
             if on_result is not None:
                 on_result(archs[i], results[i])
+
+        self._bn_cache = {}  # recalibrated BN statistics, reused by later rungs
+        try:
+            done, target = 0, first
+            while True:
+                for i in alive:
+                    sums[i] += self._sums(archs[i], done, target)
+                done = target
+                if done >= self.num_images:
+                    break
+                if len(alive) > min_survivors:
+                    totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
+                    ranked = sorted(zip(alive, totals), key=lambda t: (t[1][0], t[1][1], t[0]))
+                    keep = max(min_survivors, math.ceil(len(alive) * race.keep))
+                    keep = max(keep, self._close_to_top(ranked, race, done))
+                    for i, _ in ranked[keep:]:
+                        report(i, done, "racing")
+                    alive = sorted(i for i, _ in ranked[:keep])
+                target = min(2 * target, self.num_images)
+        finally:
+            self._bn_cache = None
+        for i in alive:
+            report(i, self.num_images, "full")
         return [results[i] for i in range(n)]
 
     # Internals ---------------------------------------------------------------------------
@@ -242,7 +248,7 @@ class Scorer:
                 generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
                 with autocast_context(self.device, self.config.bf16):
                     weights = net.generate(arch, generator=generator)
-                    with self._recalibrated(arch, weights):
+                    with self._recalibrated(arch, weights, draw):
                         net.eval()
                         for x, y in self._slices(start, stop):
                             logits = net(x, arch, weights).float()
@@ -258,21 +264,34 @@ class Scorer:
             yield self.images[first:last], self.labels[first:last]
 
     @contextlib.contextmanager
-    def _recalibrated(self, arch: Architecture, weights: list[torch.Tensor]) -> Iterator[None]:
-        """BN running statistics re-estimated for `arch`, restored afterwards."""
+    def _recalibrated(self, arch: Architecture, weights: list[torch.Tensor], draw: int) -> Iterator[None]:
+        """BN running statistics re-estimated for `arch`, restored afterwards.
+
+        During a race the statistics of each (architecture, draw) are kept, so later
+        rungs reuse them instead of recalibrating again (they would come out the same).
+        """
         if not self.recalibration:
             yield
             return
         norms = [*self.net.transition_norms, self.net.head_norm]
         saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]  # type: ignore[union-attr]
+        key = (arch.hash, draw)
         try:
-            for n in norms:
-                n.reset_running_stats()
-            self.net.train()
-            for i, x in enumerate(self.recalibration):
+            cached = self._bn_cache.get(key) if self._bn_cache is not None else None
+            if cached is not None:
+                for n, (mean, var) in zip(norms, cached):
+                    n.running_mean.copy_(mean)  # type: ignore[union-attr]
+                    n.running_var.copy_(var)  # type: ignore[union-attr]
+            else:
                 for n in norms:
-                    n.momentum = 1.0 / (i + 1)  # running stats become the plain mean over batches
-                self.net(x, arch, weights)
+                    n.reset_running_stats()
+                self.net.train()
+                for i, x in enumerate(self.recalibration):
+                    for n in norms:
+                        n.momentum = 1.0 / (i + 1)  # running stats become the plain mean over batches
+                    self.net(x, arch, weights)
+                if self._bn_cache is not None:
+                    self._bn_cache[key] = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]  # type: ignore[union-attr]
             yield
         finally:
             for n, (mean, var, momentum) in zip(norms, saved):

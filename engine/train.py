@@ -68,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (also at epoch ends and on stop)
     eval_archs: int = 4  # random architectures evaluated on the validation split at epoch ends
     eval_images: int = 1000  # validation images they are evaluated on
+    eval_bn_batches: int = 4  # BN recalibration batches per evaluated architecture (see ScoreConfig)
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
     bf16: str = "auto"  # "auto": bf16 autocast on CUDA only; "on" / "off" force it
 
@@ -237,7 +238,7 @@ def train_hypernet(
         except (KeyError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot resume from {checkpoint_path}: {str(exc).splitlines()[0]}") from None
 
-    evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) else None
+    evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) and config.eval_archs else None
     resumed = checkpoint_path is not None and step > 0
     last_checkpoint: str | None = str(checkpoint_path) if resumed else None
     last_eval: TrainEval | None = None
@@ -369,8 +370,12 @@ class _EpochEvaluator:
 
     def __init__(self, net: SmashNet, data: Dataset, config: TrainConfig, device: torch.device) -> None:
         val = DeviceImages(data.val, device, data.mean, data.std)
+        train = DeviceImages(data.train, device, data.mean, data.std) if config.eval_bn_batches else None
         images = min(config.eval_images, len(val))
-        self.scorer = Scorer(net, val, ScoreConfig(images=images, seed=config.seed, bf16=config.bf16))
+        score_config = ScoreConfig(
+            images=images, seed=config.seed, bf16=config.bf16, bn_recalibration_batches=config.eval_bn_batches
+        )
+        self.scorer = Scorer(net, val, score_config, train=train)
         rng = np.random.default_rng([config.seed, 2])
         self.archs = [sample(net.space, rng) for _ in range(config.eval_archs)]
         self.images = images

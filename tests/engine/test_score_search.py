@@ -10,7 +10,7 @@ from engine.arch import validate
 from engine.data import Dataset, DeviceImages
 from engine.network import SmashNet
 from engine.sampler import sample
-from engine.score import RaceConfig, Score, ScoreConfig, Scorer
+from engine.score import Score, ScoreConfig, Scorer
 from engine.search import STRATEGIES, SearchConfig, run_search
 from engine.space import PRESETS
 
@@ -58,34 +58,6 @@ def test_bn_recalibration_changes_the_score_and_restores_the_shared_statistics(
     assert recal.loss != plain.loss
     assert torch.equal(net.head_norm.running_mean, before)  # shared statistics untouched
     assert not net.training
-
-
-def test_racing_finds_the_same_top_five_as_full_scoring(small_synthetic: Dataset) -> None:
-    # A network trained on one architecture family separates architectures clearly.
-    torch.manual_seed(0)
-    net = SmashNet(TINY).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    train = DeviceImages(small_synthetic.train, "cpu", small_synthetic.mean, small_synthetic.std)
-    rng = np.random.default_rng(0)
-    g = torch.Generator().manual_seed(0)
-    for x, y in train.batches(50, shuffle=True, generator=g, drop_last=True, channels_last=True):
-        loss = torch.nn.functional.cross_entropy(net(x, sample(TINY, rng)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    archs = [sample(TINY, np.random.default_rng(100 + i)) for i in range(24)]
-    scorer = _scorer(net, small_synthetic, seed=0)
-    full = scorer.score_many(archs)
-    streamed: list[Score] = []
-    raced = scorer.race(archs, RaceConfig(top_k=5, first_images=25, keep=0.5), on_result=lambda a, s: streamed.append(s))
-    top = lambda scores: sorted(range(len(scores)), key=lambda i: (scores[i].error, scores[i].loss, i))[:5]  # noqa: E731
-    assert top(raced) == top(full)
-    assert sum(s.images for s in raced) < 0.6 * sum(s.images for s in full)  # cheaper
-    assert sorted(streamed, key=id) == sorted(raced, key=id) and len(streamed) == len(archs)
-    for r, f in zip(raced, full):
-        if r.method == "full":
-            assert r == f  # survivors get exactly the full score
 
 
 class _FakeScorer:
