@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from engine.arch import Architecture
 from engine.data import DeviceImages
+from engine.device import autocast_context, host_sync_allowed
 from engine.network import SmashNet
 
 
@@ -74,13 +75,6 @@ class Score:
     images: int  # validation images it was measured on
     z_draws: int  # z draws averaged
     method: str  # "full" (the whole scoring set) or "racing" (dropped after a partial slice)
-
-
-def autocast_context(device: torch.device, bf16: str) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast when asked for (or on CUDA with "auto"), else nothing."""
-    if bf16 == "on" or (bf16 == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
@@ -187,7 +181,8 @@ class Scorer:
                 if done >= self.num_images:
                     break
                 if len(alive) > min_survivors:
-                    totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
+                    with host_sync_allowed(self.device):
+                        totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
                     ranked = sorted(zip(alive, totals), key=lambda t: (t[1][0], t[1][1], t[0]))
                     keep = max(min_survivors, math.ceil(len(alive) * race.keep))
                     keep = max(keep, self._close_to_top(ranked, race, done))
@@ -227,7 +222,8 @@ class Scorer:
         return close
 
     def _to_score(self, sums: torch.Tensor, images: int, method: str) -> Score:
-        wrong, loss = sums.tolist()  # the one host copy per architecture
+        with host_sync_allowed(self.device):
+            wrong, loss = sums.tolist()  # the one host copy per architecture
         draws = self.config.z_draws
         return Score(
             error=100.0 * wrong / (images * draws),

@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,12 @@ from engine.checkpoint import (
     torch_rng_state,
 )
 from engine.data import Dataset, DeviceImages
+from engine.device import autocast_context, host_sync_allowed
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
 from engine.network import SmashNet
 from engine.sampler import FULL_SPACE, sample
-from engine.score import ScoreConfig, Scorer, autocast_context
+from engine.score import ScoreConfig, Scorer
 from engine.space import SamplingLimits, SearchSpace
 
 CHECKPOINT_KIND = "hypernet"
@@ -163,20 +164,6 @@ def load_smash(path: str | Path, device: torch.device | str = "cpu") -> tuple[Sm
     return net.eval(), state
 
 
-@contextlib.contextmanager
-def _host_sync_allowed(device: torch.device) -> Iterator[None]:
-    """Marks a deliberate host sync: it passes even under torch.cuda.set_sync_debug_mode("error")."""
-    if device.type != "cuda":
-        yield
-        return
-    mode = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(mode)
-
-
 def train_hypernet(
     net: SmashNet,
     data: Dataset,
@@ -208,7 +195,8 @@ def train_hypernet(
     """
     device = net.stem_weight.device
     space = net.space
-    train_images = DeviceImages(data.train, device, data.mean, data.std)
+    with host_sync_allowed(device):  # setup: the data set moves to the device once
+        train_images = DeviceImages(data.train, device, data.mean, data.std)
     per_epoch = train_images.num_batches(config.batch_size, drop_last=True)
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(train_images)} images, fewer than one batch of {config.batch_size}")
@@ -225,20 +213,22 @@ def train_hypernet(
     step = epoch = batch_in_epoch = 0
     epoch_data_state = torch_rng_state(data_rng)
     history: list[dict[str, float]] = []
-    if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, map_location=device, expected_kind=CHECKPOINT_KIND)
-        try:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            arch_rng = numpy_rng_from_state(state["arch_rng"])
-            set_torch_rng_state(z_rng, state["z_rng"].cpu())
-            epoch_data_state = state["epoch_data_rng"].cpu()
-            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-            history = list(state.get("history", []))
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot resume from {checkpoint_path}: {str(exc).splitlines()[0]}") from None
+    with host_sync_allowed(device):  # setup: resuming reads the checkpoint into the device
+        if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
+            state = load_checkpoint(checkpoint_path, map_location=device, expected_kind=CHECKPOINT_KIND)
+            try:
+                net.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                arch_rng = numpy_rng_from_state(state["arch_rng"])
+                set_torch_rng_state(z_rng, state["z_rng"].cpu())
+                epoch_data_state = state["epoch_data_rng"].cpu()
+                step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+                history = list(state.get("history", []))
+            except (KeyError, ValueError, RuntimeError) as exc:
+                raise CheckpointError(f"cannot resume from {checkpoint_path}: {str(exc).splitlines()[0]}") from None
 
-    evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) and config.eval_archs else None
+    with host_sync_allowed(device):
+        evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) and config.eval_archs else None
     resumed = checkpoint_path is not None and step > 0
     last_checkpoint: str | None = str(checkpoint_path) if resumed else None
     last_eval: TrainEval | None = None
@@ -252,37 +242,37 @@ def train_hypernet(
         nonlocal last_checkpoint
         if checkpoint_path is None:
             return
-        with _host_sync_allowed(device):
-            if bool(nonfinite):  # host sync: never save weights touched by a NaN
+        with host_sync_allowed(device):  # host sync: the NaN check, and the copy to disk
+            if bool(nonfinite):  # never save weights touched by a NaN
                 raise TrainingDiverged(_diverged_message(step, last_checkpoint))
-        save_checkpoint(
-            {
-                "kind": CHECKPOINT_KIND,
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "total_steps": total,
-                "model": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "arch_rng": numpy_rng_state(arch_rng),
-                "z_rng": torch_rng_state(z_rng),
-                "epoch_data_rng": epoch_data_state,
-                "config": config.to_dict(),
-                "space": space.to_dict(),
-                "hypernet": dataclasses.asdict(net.hypernet.config),
-                "num_classes": net.num_classes,
-                "in_channels": net.in_channels,
-                "history": history,
-            },
-            checkpoint_path,
-        )
+            save_checkpoint(
+                {
+                    "kind": CHECKPOINT_KIND,
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "total_steps": total,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "arch_rng": numpy_rng_state(arch_rng),
+                    "z_rng": torch_rng_state(z_rng),
+                    "epoch_data_rng": epoch_data_state,
+                    "config": config.to_dict(),
+                    "space": space.to_dict(),
+                    "hypernet": dataclasses.asdict(net.hypernet.config),
+                    "num_classes": net.num_classes,
+                    "in_channels": net.in_channels,
+                    "history": history,
+                },
+                checkpoint_path,
+            )
         last_checkpoint = str(checkpoint_path)
         if on_checkpoint is not None:
             on_checkpoint(CheckpointSaved(step, str(checkpoint_path), {"loss": last_loss, "accuracy": last_acc}))
 
     def report() -> None:
         nonlocal reported_step, reported_time, last_loss, last_acc
-        with _host_sync_allowed(device):
+        with host_sync_allowed(device):
             loss_sum, correct, images = running.tolist()  # host sync: one copy per report
             if bool(nonfinite):
                 raise TrainingDiverged(_diverged_message(step, last_checkpoint))
@@ -312,7 +302,7 @@ def train_hypernet(
         nonlocal last_eval
         if evaluator is None:
             return
-        with _host_sync_allowed(device):
+        with host_sync_allowed(device):
             last_eval = evaluator(step, epoch)
         history.append({"step": step, "epoch": epoch, "error": last_eval.error, "loss": last_eval.loss})
         if on_eval is not None:
