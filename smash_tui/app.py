@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from functools import partial
@@ -125,6 +126,8 @@ class SmashApp(App[None]):
         self.launcher = launcher or launch_worker
         self.runner = runner or run_smash
         self.store: Store | None = None
+        # Workers this app started: it reaps them when they exit (they outlive the app).
+        self._launched: list[int] = []
         self.error: BaseException | None = None
         self.experiment_id: int | None = None
         self.experiment_label = ""
@@ -134,6 +137,17 @@ class SmashApp(App[None]):
 
     def on_mount(self) -> None:
         self._open_store()
+        self.set_interval(5.0, self._reap)
+
+    def _reap(self) -> None:
+        """Collect the exit status of workers this app started, so none lingers as a zombie."""
+        for pid in list(self._launched):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (a fake launcher) or already collected
+                done = pid
+            if done:
+                self._launched.remove(pid)
 
     @work(thread=True, exclusive=True, group="open", exit_on_error=False)
     def _open_store(self) -> None:
@@ -323,6 +337,7 @@ class SmashApp(App[None]):
                 ActionFailed(f"no worker is running and none could be started: {exc}")
             )
             return
+        self._launched.append(launched.pid)
         self.post_message(
             ActionDone(
                 f"no worker was running: started one (pid {launched.pid}, log {launched.log_path})"

@@ -49,16 +49,16 @@ LIVE_ROWS = 1000
 # Coalesce detail reads while the cursor moves quickly (seconds).
 DETAIL_DELAY = 0.05
 
-# (column key, header, width, sort field or None).
+# (column key, header, width, sort field or None); widths leave room for the sort arrow.
 COLUMNS: tuple[tuple[str, str, int, str | None], ...] = (
     ("mark", " ", 1, None),
     ("id", "id", 6, "id"),
     ("err", "err %", 6, "err"),
     ("loss", "loss", 5, "loss"),
-    ("params", "params", 6, "params"),
-    ("flops", "FLOPs", 5, "flops"),
-    ("depth", "depth", 5, "depth"),
-    ("ops", "ops", 3, "ops"),
+    ("params", "params", 7, "params"),
+    ("flops", "FLOPs", 6, "flops"),
+    ("depth", "depth", 6, "depth"),
+    ("ops", "ops", 4, "ops"),
     ("acc", "acc %", 6, "acc"),
     ("state", "retrain", 7, None),
 )
@@ -126,28 +126,25 @@ def detail_renderable(detail: ArchitectureDetail) -> Group:
     parts: list[Any] = [head, Text("Diagram", style="bold underline"), spec_diagram(detail.spec)]
     if detail.scores:
         scores = Table(title="Scores", title_justify="left", box=None, pad_edge=False)
-        for column in ("err %", "loss", "images", "z", "method", "ckpt", "at"):
-            scores.add_column(column)
+        for column in ("err %", "loss", "images", "method", "at"):
+            scores.add_column(column, no_wrap=True)
         for score in detail.scores[-8:]:
             scores.add_row(
                 fixed(score.err),
                 fixed(score.loss, 3),
-                str(score.images),
-                str(score.z_draws),
+                f"{score.images}×{score.z_draws}" if score.z_draws != 1 else str(score.images),
                 score.method,
-                str(score.checkpoint_id or "-"),
                 clock(score.created_at),
             )
         parts += [Text(""), scores]
     if detail.retrains:
         retrains = Table(title="Retrains", title_justify="left", box=None, pad_edge=False)
-        for column in ("job", "epochs", "done", "test %", "best val %", "finished"):
-            retrains.add_column(column)
+        for column in ("job", "epochs", "test %", "val %", "finished"):
+            retrains.add_column(column, no_wrap=True)
         for retrain in detail.retrains:
             retrains.add_row(
                 str(retrain.job_id),
-                str(retrain.epochs),
-                str(len(retrain.curve)),
+                f"{len(retrain.curve)}/{retrain.epochs}",
                 fixed(retrain.test_acc),
                 fixed(retrain.best_val_acc),
                 clock(retrain.finished_at) if retrain.finished_at else "running",
@@ -202,7 +199,7 @@ class ArchitecturesScreen(SmashScreen):
     ]
     DEFAULT_CSS = """
     ArchitecturesScreen #arch-main { height: 1fr; }
-    ArchitecturesScreen #arch-browser { width: 74; }
+    ArchitecturesScreen #arch-browser { width: 77; }
     ArchitecturesScreen #arch-filter { display: none; height: 3; }
     ArchitecturesScreen #arch-filter.-shown { display: block; }
     ArchitecturesScreen #arch-filter-error { display: none; color: $error; height: auto; padding: 0 1; }
@@ -569,7 +566,7 @@ class ArchitecturesScreen(SmashScreen):
             self._filter_error(str(error))
             return
         self._filter_error(None)
-        self.filter_text = str(parsed) if parsed.terms else ""
+        self.filter_text = " ".join(text.split()) if parsed.terms else ""
         self.filter = parsed if parsed.terms else None
         # The query starts first; the focus moves to the table once the rows are
         # shown (a focus change re-lays out the footer, which would delay them).

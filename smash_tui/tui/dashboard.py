@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
@@ -14,11 +15,13 @@ from textual.widgets import DataTable, RichLog, Static
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.format import clock, duration, human, progress_bar, state_text
 from smash_tui.tui.messages import ActionFailed, DashboardLoaded
+from smash_tui.tui.processes import gpu_status
 from smash_tui.tui.tables import RowTable, highlighted_key, row_index, sync_rows
 from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import Curves, DashboardData, JobView
+    from smash_tui.tui.processes import GpuStatus
 
 LEVEL_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
 # Plot colours, one per series, in order.
@@ -57,6 +60,15 @@ def job_cells(job: JobView, *, with_experiment: bool = False) -> list[str | Text
         eta,
     ]
     return cells
+
+
+def gpu_of(device: str, gpus: list[GpuStatus]) -> GpuStatus | None:
+    """The GPU behind a worker's device string ("cuda" is the first one, "cuda:N" the Nth)."""
+    if not device.startswith("cuda") or not gpus:
+        return None
+    _, _, number = device.partition(":")
+    index = int(number) if number.isdigit() else 0
+    return next((gpu for gpu in gpus if gpu.index == index), None)
 
 
 class DashboardScreen(SmashScreen):
@@ -142,9 +154,13 @@ class DashboardScreen(SmashScreen):
 
         assert isinstance(store, Store)
         try:
-            self.post_message(DashboardLoaded(store.dashboard(experiment_id)))
+            data = store.dashboard(experiment_id)
         except Exception as exc:  # shown in a notification; polling goes on
             self.post_message(ActionFailed(f"cannot read the dashboard: {exc}"))
+            return
+        host = socket.gethostname()
+        local_cuda = any(w.device.startswith("cuda") and w.host == host for w in data.workers)
+        self.post_message(DashboardLoaded(data, gpu_status() if local_cuda else []))
 
     @on(DashboardLoaded)
     def _show(self, message: DashboardLoaded) -> None:
@@ -188,7 +204,7 @@ class DashboardScreen(SmashScreen):
             [(str(job.id), job_cells(job)) for job in data.jobs],
         )
         self._draw_curves(data)
-        self._show_stats(data)
+        self._show_stats(data, message.gpus)
         self._show_events(data)
 
     def _draw_curves(self, data: DashboardData) -> None:
@@ -197,7 +213,7 @@ class DashboardScreen(SmashScreen):
         self.query_one("#dash-loss", Chart).draw(curve_series(curves, ("loss",)), xlabel=step)
         self.query_one("#dash-acc", Chart).draw(curve_series(curves, ("acc", "err")), xlabel=step)
 
-    def _show_stats(self, data: DashboardData) -> None:
+    def _show_stats(self, data: DashboardData, gpus: list[GpuStatus]) -> None:
         text = Text()
         latest = data.curves.latest
         speed = [value for name, (_, value) in latest.items() if "images_per_s" in name]
@@ -209,6 +225,12 @@ class DashboardScreen(SmashScreen):
         device = (busy or list(data.workers) or [None])[0]
         if device is not None:
             text.append(f"device {device.device}")
+            gpu = gpu_of(device.device, gpus)
+            if gpu is not None:
+                text.append(f" {gpu.name} · {gpu.memory_used_mib / 1024:.1f}")
+                text.append(f"/{gpu.memory_total_mib / 1024:.0f} GiB")
+                if gpu.utilization_pct is not None:
+                    text.append(f" · {gpu.utilization_pct:.0f} % busy")
             text.append(" · ")
         for name, (_, value) in sorted(latest.items()):
             lowered = name.lower()

@@ -14,6 +14,7 @@ from textual.message import Message
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import DashboardData, JobView, ParetoData, ProxyData, Store
+    from smash_tui.tui.processes import GpuStatus
     from storage.dashboard import ChangeMarker, ExperimentSummary
     from storage.queries import ArchitectureDetail, ArchitecturePage, Filter
 
@@ -82,11 +83,12 @@ class MarkerPolled(Message):
 
 
 class DashboardLoaded(Message):
-    """A fresh snapshot for the dashboard."""
+    """A fresh snapshot for the dashboard, with this host's GPUs when a worker uses CUDA here."""
 
-    def __init__(self, data: DashboardData) -> None:
+    def __init__(self, data: DashboardData, gpus: list[GpuStatus] | None = None) -> None:
         super().__init__()
         self.data = data
+        self.gpus = gpus or []
 
 
 class ExperimentsLoaded(Message):

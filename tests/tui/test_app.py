@@ -607,3 +607,25 @@ async def test_a_database_that_cannot_be_opened_ends_the_app_with_its_error(
                 break
     assert isinstance(app.error, StorageError)
     assert "\n" not in str(app.error)
+
+
+async def test_dashboard_shows_the_gpu_of_a_local_cuda_worker(
+    fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner, monkeypatch: Any
+) -> None:
+    import socket
+
+    from smash_tui.tui import dashboard
+    from smash_tui.tui.processes import GpuStatus
+    from storage.queue import register_worker
+
+    db = open_database(fixture.url)
+    register_worker(db, device="cuda:0", host=socket.gethostname(), pid=1)
+    db.dispose()
+    gpu = GpuStatus(0, "NVIDIA H100 80GB HBM3", 40960.0, 81559.0, 97.0)
+    monkeypatch.setattr(dashboard, "gpu_status", lambda: [gpu])
+    app = make_app(fixture, launcher, runner)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        stats = text_of(app.screen.query_one("#dash-stats", StatusLine))
+    assert "device cuda:0 NVIDIA H100 80GB HBM3 · 40.0/80 GiB · 97 % busy" in stats
+    assert "1 worker alive" in stats

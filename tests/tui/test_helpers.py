@@ -242,3 +242,27 @@ def test_run_smash_returns_output_and_turns_failures_into_one_line(
     )
     with pytest.raises(processes.CommandError, match="took longer than 0 s"):
         processes.run_smash(["export"], "sqlite:////tmp/x.db", timeout_s=0.2)
+
+
+def test_nvidia_smi_output_is_parsed_and_gpus_matched_to_devices() -> None:
+    from smash_tui.tui.dashboard import gpu_of
+
+    output = (
+        "0, NVIDIA H100 80GB HBM3, 12583, 81559, 97\n"
+        "1, NVIDIA H100 80GB HBM3, 3, 81559, [N/A]\n"
+        "NVIDIA-SMI has failed because it couldn't communicate with the driver\n"
+    )
+    gpus = processes.parse_nvidia_smi(output)
+    assert gpus == [
+        processes.GpuStatus(0, "NVIDIA H100 80GB HBM3", 12583.0, 81559.0, 97.0),
+        processes.GpuStatus(1, "NVIDIA H100 80GB HBM3", 3.0, 81559.0, None),
+    ]
+    assert gpu_of("cuda", gpus) is gpus[0]
+    assert gpu_of("cuda:1", gpus) is gpus[1]
+    assert gpu_of("cuda:2", gpus) is None
+    assert gpu_of("cpu", gpus) is None
+
+
+def test_gpu_status_is_empty_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
+    assert processes.gpu_status() == []
