@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,9 @@ class FrameClock:
 
         app._display = display  # type: ignore[method-assign]
 
-    async def first_frame_showing(self, generation: int, after: float, timeout: float = 10.0) -> float:
+    async def first_frame_showing(
+        self, generation: int, after: float, timeout: float = 10.0
+    ) -> float:
         """When the first frame showing ``generation`` was made (waits for it)."""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
@@ -293,8 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n,
             "size": list(SIZE),
             "repeats": args.repeats,
-            **{key: round(value, 3) if isinstance(value, float) else value for key, value in measured.items()},
-            "targets": {"sort_ms": TARGET_SORT_MS, "filter_ms": TARGET_FILTER_MS, "startup_s": TARGET_STARTUP_S},
+            **{
+                key: round(value, 3) if isinstance(value, float) else value
+                for key, value in measured.items()
+            },
+            "targets": {
+                "sort_ms": TARGET_SORT_MS,
+                "filter_ms": TARGET_FILTER_MS,
+                "startup_s": TARGET_STARTUP_S,
+            },
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
