@@ -9,12 +9,13 @@ SQLite file in the user data folder). Exit codes: 0 ok, 1 failure, 2 usage,
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from smash_tui import __version__
-from smash_tui.commands import browse, jobs, run, system
+from smash_tui.commands import browse, jobs, run, system, tui
 
 app = typer.Typer(
     name="smash",
@@ -39,8 +40,15 @@ def root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    """One-shot neural architecture search with SMASH HyperNets."""
+    """One-shot neural architecture search with SMASH HyperNets.
+
+    Without a command, opens the terminal command center (`smash tui`) when run in a
+    terminal, and prints this help otherwise.
+    """
     if context.invoked_subcommand is None:
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            tui.tui(db=None)
+            raise typer.Exit()
         typer.echo(context.get_help())
         raise typer.Exit()
 
@@ -58,6 +66,7 @@ app.command(rich_help_panel="Jobs")(jobs.pause)
 app.command(rich_help_panel="Jobs")(jobs.resume)
 app.command(rich_help_panel="Jobs")(jobs.cancel)
 app.command(rich_help_panel="System")(system.info)
+app.command(rich_help_panel="System")(tui.tui)
 
 
 def main() -> None:
