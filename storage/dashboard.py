@@ -29,7 +29,7 @@ _CHUNK = 500
 class ChangeMarker:
     """The newest row of each table the UI watches; a new value means something happened.
 
-    Comparing markers tells a poller whether to re-read anything, in four
+    Comparing markers tells a poller whether to re-read anything, in five
     primary-key lookups. Updates in place (job progress) are not covered:
     every transition of a job writes an event, and progress is polled directly.
     """
@@ -38,6 +38,7 @@ class ChangeMarker:
     score_id: int  # newest score id
     retrain_id: int  # newest retrain id
     event_id: int  # newest activity-log line id
+    metric_id: int  # newest metric point id (a re-recorded step updates in place: not seen)
 
 
 def change_marker(session: Session) -> ChangeMarker:
@@ -48,6 +49,7 @@ def change_marker(session: Session) -> ChangeMarker:
             select(func.max(Score.id)).scalar_subquery(),
             select(func.max(Retrain.id)).scalar_subquery(),
             select(func.max(Event.id)).scalar_subquery(),
+            select(func.max(Metric.id)).scalar_subquery(),
         )
     ).one()
     return ChangeMarker(*(int(value or 0) for value in row))

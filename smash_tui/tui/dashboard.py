@@ -20,7 +20,7 @@ from smash_tui.tui.tables import RowTable, highlighted_key, row_index, sync_rows
 from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
-    from smash_tui.tui.data import Curves, DashboardData, JobView
+    from smash_tui.tui.data import Curves, DashboardData, JobView, Store
     from smash_tui.tui.processes import GpuStatus
 
 LEVEL_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
@@ -146,15 +146,14 @@ class DashboardScreen(SmashScreen):
     def refresh_data(self, force: bool = False) -> None:
         store = self.store
         if store is not None:
-            self._load(store, self.smash.experiment_id)
+            self._load(store, self.smash.experiment_id, None if force else self._data)
 
     @work(thread=True, exclusive=True, group="dashboard", exit_on_error=False)
-    def _load(self, store: object, experiment_id: int | None) -> None:
-        from smash_tui.tui.data import Store
-
-        assert isinstance(store, Store)
+    def _load(
+        self, store: Store, experiment_id: int | None, previous: DashboardData | None
+    ) -> None:
         try:
-            data = store.dashboard(experiment_id)
+            data = store.dashboard(experiment_id, previous)
         except Exception as exc:  # shown in a notification; polling goes on
             self.post_message(ActionFailed(f"cannot read the dashboard: {exc}"))
             return
@@ -194,8 +193,7 @@ class DashboardScreen(SmashScreen):
         title = self.query_one("#dash-jobs-title", Static)
         summary_now = next((s for s in data.experiments if s.id == data.experiment_id), None)
         title.update(
-            f"Jobs of {self.smash.experiment_label} ({summary_now.dataset}/{summary_now.preset}, "
-            f"{summary_now.retrained} retrained)"
+            f"Jobs ({summary_now.dataset}/{summary_now.preset}, {summary_now.retrained} retrained)"
             if summary_now is not None
             else "Jobs: no experiment yet, press n to start a search"
         )

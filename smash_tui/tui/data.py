@@ -9,7 +9,7 @@ app imports it lazily, after its first paint.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -103,6 +103,7 @@ class DashboardData:
     curves: Curves  # HyperNet training curves of its newest train job
     workers: tuple[WorkerInfo, ...]  # workers alive now
     events: tuple[EventView, ...]  # its newest activity-log lines, oldest first
+    marker: ChangeMarker | None = None  # the database's marker when this was read
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,26 @@ class Store:
         """Workers that sent a heartbeat recently."""
         return alive_workers(self.db, ALIVE_WITHIN_S)
 
-    def dashboard(self, experiment_id: int | None) -> DashboardData:
-        """The dashboard of an experiment; None picks the newest one."""
+    def dashboard(
+        self, experiment_id: int | None, previous: DashboardData | None = None
+    ) -> DashboardData:
+        """The dashboard of an experiment; None picks the newest one.
+
+        Args:
+            experiment_id: The experiment, or None for the newest.
+            previous: The last answer for the same view: when no row was added
+                since, only the jobs (their progress) and the workers are read again.
+        """
         with self.db.session() as session:
+            marker = change_marker(session)
+            if (
+                previous is not None
+                and previous.marker == marker
+                and previous.experiment_id == experiment_id
+                and experiment_id is not None
+            ):
+                jobs = tuple(_job_view(job) for job in list_jobs(session, experiment_id))
+                return replace(previous, jobs=jobs, workers=tuple(self.workers()))
             experiments = experiment_summaries(session)
             known = {summary.id for summary in experiments}
             if experiment_id not in known:
@@ -257,6 +275,7 @@ class Store:
             curves=curves,
             workers=tuple(self.workers()),
             events=tuple(events),
+            marker=marker,
         )
 
     def proxy(self, experiment_id: int) -> ProxyData:

@@ -72,7 +72,7 @@ def _retrain(db: Database, experiment_id: int, architecture_id: int, acc: float)
 def test_change_marker_moves_with_each_kind_of_row(db: Database, experiment_id: int) -> None:
     with db.session() as session:
         empty = change_marker(session)
-    assert empty == ChangeMarker(0, 0, 0, 0)
+    assert empty == ChangeMarker(0, 0, 0, 0, 0)
     [first] = _add(db, experiment_id, [(100, 1000)])
     with db.session() as session:
         added = change_marker(session)
@@ -87,7 +87,12 @@ def test_change_marker_moves_with_each_kind_of_row(db: Database, experiment_id: 
         assert retrained.retrain_id > 0 and retrained.event_id > scored.event_id
         add_event(session, "hello", experiment_id=experiment_id)
         session.commit()
-        assert change_marker(session).event_id > retrained.event_id
+        evented = change_marker(session)
+        assert evented.event_id > retrained.event_id and evented.metric_id == 0
+        job = enqueue(session, experiment_id, "train", {}).id
+        add_metrics(session, [MetricIn(job, 1, "loss", 2.0)])
+        session.commit()
+        assert change_marker(session).metric_id > 0
 
 
 def test_experiment_summaries_count_rows_and_jobs(db: Database, experiment_id: int) -> None:
