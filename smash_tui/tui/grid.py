@@ -177,7 +177,7 @@ class Grid(ScrollView, can_focus=True):
         self._update_virtual_size()
         target = min(max(cursor, 0), max(len(self._keys) - 1, 0))
         if scroll_y is not None:
-            self.scroll_to(y=scroll_y, animate=False, immediate=True)
+            self.scroll_to(y=scroll_y, animate=False, immediate=True, force=True)
         if self.cursor_row == target:
             self._announce()
         else:
@@ -228,9 +228,11 @@ class Grid(ScrollView, can_focus=True):
         visible = max(self.scrollable_content_region.height - 1, 1)
         top = round(self.scroll_y)
         if self.cursor_row < top:
-            self.scroll_to(y=self.cursor_row, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor_row, animate=False, immediate=True, force=True)
         elif self.cursor_row >= top + visible:
-            self.scroll_to(y=self.cursor_row - visible + 1, animate=False, immediate=True)
+            self.scroll_to(
+                y=self.cursor_row - visible + 1, animate=False, immediate=True, force=True
+            )
 
     def action_cursor(self, step: int) -> None:
         """Move the cursor by ``step`` rows."""

@@ -35,7 +35,7 @@ class StoreFailed(Message):
         self.error = error
 
 
-@dataclass
+@dataclass(frozen=True)
 class PageRequest:
     """What a page of the architecture browser was asked for."""
 

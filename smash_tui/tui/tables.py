@@ -75,8 +75,7 @@ def sync_rows(table: DataTable[Cell], rows: Rows) -> bool:
         index = keys.index(keep)
     if table.row_count:
         table.move_cursor(row=min(max(index, 0), table.row_count - 1), animate=False, scroll=False)
-        table.scroll_to(y=scroll_y, animate=False)
-        table.call_after_refresh(table.move_cursor, row=table.cursor_row, animate=False)
+        table.scroll_to(y=scroll_y, animate=False, immediate=True)
     return True
 
 
