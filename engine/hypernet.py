@@ -1,10 +1,12 @@
 """The HyperNet: a fully convolutional map from an architecture's encoding to its 1x1 weights.
 
 A small DenseNet of weight-normalised 3x3 convs (no bias, no BatchNorm, LeakyReLU,
-orthogonal init), as in the paper. Its last 1x1 conv emits `N * dcN` values per
-position of the conditioning tensor; position (row r, column s) becomes the block of
-the weight matrix for output channels [r*N, (r+1)*N) and input channels
-[s*dcN, (s+1)*dcN). Being convolutional, its size does not depend on how deep the
+orthogonal init), as in the paper. Its last 1x1 conv emits `R * dcN` values per
+position of the conditioning tensor, R the layout's row width (max_bottleneck x N);
+position (row r, column s) becomes the block of the weight matrix for output channels
+[r*R, (r+1)*R) and input channels [s*dcN, (s+1)*dcN). Emitting R rather than the
+paper's N output channels per position halves the positions the dense trunk runs
+over while still covering the full bottleneck width. Being convolutional, its size does not depend on how deep the
 searched networks are.
 """
 
@@ -53,7 +55,6 @@ class HyperNet(nn.Module):
         super().__init__()
         self.layout = layout
         self.config = config
-        n = layout.space.base_units
         pad = config.kernel_size // 2
         width = layout.channels + 1  # + z
         self.stem = WNConv2d(width, config.stem_channels, config.kernel_size, padding=pad, bias=False)
@@ -69,13 +70,13 @@ class HyperNet(nn.Module):
             if stage < len(config.growth) - 1:
                 self.reducers.append(WNConv2d(width, width // 2, config.kernel_size, padding=pad, bias=False))
                 width //= 2
-        self.out = WNConv2d(width, n * layout.column_width, 1, bias=False)
+        self.out = WNConv2d(width, layout.row_width * layout.column_width, 1, bias=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.orthogonal_(m.weight)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
-        """c: (1, 1 + channels, rows, columns) -> (rows * N, columns * dcN) weight matrix."""
+        """c: (1, 1 + channels, rows, columns) -> (rows * R, columns * dcN) weight matrix."""
         slope = self.config.negative_slope
         x = torch.cat([c, self.stem(c)], 1)
         for stage, dense in enumerate(self.stages):
@@ -83,14 +84,14 @@ class HyperNet(nn.Module):
                 x = torch.cat([x, conv(F.leaky_relu(x, slope))], 1)
             if stage < len(self.reducers):
                 x = self.reducers[stage](F.leaky_relu(x, slope))
-        out = self.out(F.leaky_relu(x, slope))  # (1, N * dcN, rows, columns)
-        n = self.layout.space.base_units
+        out = self.out(F.leaky_relu(x, slope))  # (1, R * dcN, rows, columns)
+        r = self.layout.row_width
         rows, columns = out.shape[-2:]
-        # value (i, j) at (r, s) -> weight[r*N + i, s*dcN + j]
+        # value (i, j) at (row, s) -> weight[row*R + i, s*dcN + j]
         return (
-            out.view(n, self.layout.column_width, rows, columns)
+            out.view(r, self.layout.column_width, rows, columns)
             .permute(2, 0, 3, 1)
-            .reshape(rows * n, columns * self.layout.column_width)
+            .reshape(rows * r, columns * self.layout.column_width)
         )
 
 

@@ -152,7 +152,7 @@ def test_encoding_layout_is_fixed_by_the_space_and_marks_active_paths() -> None:
     c = EncodingLayout(TINY).encode(arch)
     f = EncodingLayout(TINY).fields
     a0, a1 = f["conv0.active"][0], f["conv1.active"][0]
-    rows = arch.blocks[0].ops[0].bottleneck // TINY.base_units
+    rows = -(-arch.blocks[0].ops[0].bottleneck // EncodingLayout(TINY).row_width)
     assert (c[a0, :rows] == 1).all() and (c[a1] == -1).all()
     assert set(c.unique().tolist()) == {-1.0, 1.0}
 
