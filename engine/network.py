@@ -212,6 +212,10 @@ class _SmashSource:
         spec = op.convs[slot]
         assert spec is not None
         weight = _conv_slice(self.net.body[4 * block + slot], spec, x.shape[1], op.units)
+        if spec.dilation[0] > 1 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN (as in PyTorch 2.14) returns NaN weight gradients for bf16 convs dilated
+            # along the height in channels-last layout; the default layout is correct.
+            x, weight = x.contiguous(), weight.contiguous()
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
     def transition(self, block: int, x: torch.Tensor, channels: int) -> torch.Tensor:
