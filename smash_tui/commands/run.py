@@ -401,17 +401,21 @@ def _check_device(device: str, threads: int | None) -> None:
 
 @command
 def demo(
-    epochs: Annotated[int, typer.Option(help="HyperNet training epochs.")] = 3,
+    epochs: Annotated[int, typer.Option(help="HyperNet training epochs.")] = 6,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop HyperNet training after this many steps.")
     ] = None,
-    archs: Annotated[int, typer.Option(help="Architectures to score.")] = 50,
+    lr: Annotated[
+        float,
+        typer.Option(help="HyperNet Adam learning rate (above the paper's 1e-3: the demo's run is short)."),
+    ] = 5e-3,
+    archs: Annotated[int, typer.Option(help="Architectures to score.")] = 60,
     retrain_epochs: Annotated[int, typer.Option(help="Epochs to retrain the best one.")] = 5,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = 10,
     batch_size: Annotated[int, typer.Option(help="HyperNet training batch size.")] = 50,
     retrain_batch_size: Annotated[int, typer.Option(help="Retraining batch size.")] = 50,
-    synthetic_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 2000,
-    synthetic_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 500,
+    synthetic_train: Annotated[int, typer.Option(help="Synthetic training images.")] = 5000,
+    synthetic_test: Annotated[int, typer.Option(help="Synthetic test images.")] = 1000,
     val_size: Annotated[
         float | None, typer.Option(help="Validation split: a fraction or a count [default: 10%].")
     ] = None,
@@ -446,9 +450,10 @@ def demo(
     request = SearchRequest(
         dataset="synthetic",
         preset="tiny",
-        hypernet="small",
+        hypernet="paper",
         epochs=epochs,
         max_steps=max_steps,
+        lr=lr,
         batch_size=batch_size,
         checkpoint_every=checkpoint_every,
         eval_archs=eval_archs,

@@ -10,7 +10,7 @@ from engine.arch import validate
 from engine.data import Dataset, DeviceImages
 from engine.network import SmashNet
 from engine.sampler import sample
-from engine.score import Score, ScoreConfig, Scorer
+from engine.score import RaceConfig, Score, ScoreConfig, Scorer
 from engine.search import STRATEGIES, SearchConfig, run_search
 from engine.space import PRESETS
 
@@ -58,6 +58,45 @@ def test_bn_recalibration_changes_the_score_and_restores_the_shared_statistics(
     assert recal.loss != plain.loss
     assert torch.equal(net.head_norm.running_mean, before)  # shared statistics untouched
     assert not net.training
+
+
+class _KnownErrorScorer(Scorer):
+    """Scorer whose measurements come from known error rates instead of a network.
+
+    Architecture j gets image i wrong iff a fixed uniform draw u(j, i) < rate_j, so
+    partial sums over any image range are consistent, like a real validation set.
+    """
+
+    def __init__(self, rates: list[float], images: int) -> None:  # no network: only the racing logic runs
+        self.config = ScoreConfig()
+        self.device = torch.device("cpu")
+        self.num_images = images
+        self._bn_cache = None
+        self.wrong = {
+            i: torch.from_numpy(np.random.default_rng(i).random(images) < rate).float()
+            for i, rate in enumerate(rates)
+        }
+        self.measured = 0
+
+    def _sums(self, arch, start: int, stop: int) -> torch.Tensor:
+        self.measured += stop - start
+        index = int(arch)  # the "architectures" are indices here
+        wrong = self.wrong[index][start:stop].sum()
+        return torch.stack([wrong, wrong * 2.0])
+
+
+def test_racing_keeps_the_top_ten_of_spread_out_candidates_at_a_fraction_of_the_cost() -> None:
+    rates = list(np.linspace(0.2, 0.8, 64))
+    np.random.default_rng(0).shuffle(rates)
+    full_scorer = _KnownErrorScorer(rates, 5000)
+    archs = [str(i) for i in range(64)]  # stand-ins: only the racing logic looks at them
+    full = [full_scorer._to_score(full_scorer._sums(a, 0, 5000), 5000, "full") for a in archs]
+    racer = _KnownErrorScorer(rates, 5000)
+    raced = racer.race(archs, RaceConfig(top_k=10))
+    top = lambda scores: sorted(range(64), key=lambda i: (scores[i].error, i))[:10]  # noqa: E731
+    assert top(raced) == top(full)
+    assert racer.measured < 0.3 * full_scorer.measured
+    assert all(r == f for r, f in zip(raced, full) if r.method == "full")
 
 
 class _FakeScorer:
