@@ -32,10 +32,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.device import autocast_context  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
 from engine.network import SmashNet  # noqa: E402
 from engine.sampler import sample  # noqa: E402
-from engine.device import autocast_context  # noqa: E402
 from engine.space import SamplingLimits, get_preset  # noqa: E402
 from engine.train import TrainConfig, build_smash, make_optimizer, train_step  # noqa: E402
 
