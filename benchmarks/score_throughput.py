@@ -61,9 +61,9 @@ def main() -> None:
     parser.add_argument("--archs", type=int, default=100, help="architectures to score")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--progress", type=float, default=0.0, help="annealing progress the architectures are drawn at")
-    parser.add_argument("--train-steps", type=int, default=300, help="HyperNet steps before scoring")
+    parser.add_argument("--train-steps", type=int, default=200, help="HyperNet steps before scoring")
     parser.add_argument("--checkpoint", type=Path, default=None, help="score with this HyperNet checkpoint instead")
-    parser.add_argument("--batch", type=int, default=500, help="images per scoring forward pass")
+    parser.add_argument("--batch", type=int, default=None, help="images per scoring forward pass (default: 200 on a CPU, 1000 on CUDA)")
     parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--bn-batches", type=int, default=0, help="BN recalibration batches per architecture")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -105,8 +105,11 @@ def main() -> None:
             torch.cuda.synchronize()
         return out, time.perf_counter() - start
 
+    print(f"HyperNet ready in {train_seconds:.0f}s; scoring {args.archs} architectures on {scorer.num_images} images", flush=True)
     full, full_s = timed(lambda: scorer.score_many(archs))
+    print(f"  full scoring took {full_s:.0f}s", flush=True)
     raced, race_s = timed(lambda: scorer.race(archs, RaceConfig(top_k=args.top_k)))
+    print(f"  racing took {race_s:.0f}s", flush=True)
 
     def flops(scores) -> float:
         draws = config.z_draws

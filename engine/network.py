@@ -40,14 +40,14 @@ class WeightSource(Protocol):
 
 def forward_architecture(x: torch.Tensor, arch: Architecture, source: WeightSource) -> torch.Tensor:
     """Run `arch` on images x (B, C, H, W) with the layers of `source`; returns logits (B, classes)."""
-    x = F.relu(source.stem(x, arch.blocks[0].in_channels))
+    x = F.relu(source.stem(x, arch.blocks[0].in_channels), inplace=True)
     op_index = 0
     last = len(arch.blocks) - 1
     for b, block in enumerate(arch.blocks):
         banks = list(x.split(block.bank_size, dim=1))
         for op in block.ops:
             inp = banks[op.reads[0]] if len(op.reads) == 1 else torch.cat([banks[r] for r in op.reads], 1)
-            h = F.relu(source.bottleneck(op_index, inp))
+            h = F.relu(source.bottleneck(op_index, inp), inplace=True)
             out = _op_body(b, op_index, op, h, source)
             chunks = out.split(block.bank_size, dim=1) if op.units > block.bank_size else (out,)
             for j, w in enumerate(op.writes):
@@ -70,11 +70,11 @@ def _op_body(block: int, op_index: int, op: Op, h: torch.Tensor, source: WeightS
     """
     out = source.conv(block, op_index, 0, h, op)
     if op.convs[1] is not None:
-        out = source.conv(block, op_index, 1, F.relu(out), op)
+        out = source.conv(block, op_index, 1, F.relu(out, inplace=True), op)
     if op.convs[2] is not None:
         other = source.conv(block, op_index, 2, h, op)
         if op.convs[3] is not None:
-            other = source.conv(block, op_index, 3, F.relu(other), op)
+            other = source.conv(block, op_index, 3, F.relu(other, inplace=True), op)
         out = out + other
     return out
 
@@ -212,9 +212,15 @@ class _SmashSource:
         spec = op.convs[slot]
         assert spec is not None
         weight = _conv_slice(self.net.body[4 * block + slot], spec, x.shape[1], op.units)
-        if spec.dilation[0] > 1 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if (
+            spec.dilation[0] > 1
+            and x.device.type == "cpu"
+            and torch.is_grad_enabled()
+            and torch.is_autocast_enabled("cpu")
+        ):
             # oneDNN (as in PyTorch 2.14) returns NaN weight gradients for bf16 convs dilated
-            # along the height in channels-last layout; the default layout is correct.
+            # along the height in channels-last layout; the default layout is correct, but
+            # 2-3x slower, so only gradient-taking passes pay for it (scoring does not).
             x, weight = x.contiguous(), weight.contiguous()
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 

@@ -32,18 +32,18 @@ class ScoreConfig:
     """How architectures are scored."""
 
     images: int | None = None  # validation images to score on (None: the whole split)
-    batch_size: int = 500  # images per forward pass
+    batch_size: int | None = None  # images per forward pass (None: 200 on a CPU, where smaller activations stay in cache, 1000 on CUDA)
     z_draws: int = 1  # independent z draws whose errors and losses are averaged
     bn_recalibration_batches: int = 4  # training batches that re-estimate BN statistics (0: off, the paper's way)
     bn_batch_size: int = 128  # images per recalibration batch
     seed: int = 0  # z draws and recalibration batches depend only on this and the architecture
-    bf16: str = "auto"  # "auto": bf16 autocast on CUDA only; "on" / "off" force it
+    bf16: str = "auto"  # "auto": bf16 autocast where bf16 is native (CUDA, CPUs with bf16 instructions); "on" / "off" force it
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
 
     def __post_init__(self) -> None:
         if self.images is not None and self.images < 1:
             raise ValueError(f"ScoreConfig.images must be positive, got {self.images}")
-        if self.batch_size < 1 or self.z_draws < 1 or self.bn_batch_size < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.z_draws < 1 or self.bn_batch_size < 1:
             raise ValueError("ScoreConfig: batch_size, z_draws and bn_batch_size must be positive")
         if self.bn_recalibration_batches < 0:
             raise ValueError("ScoreConfig.bn_recalibration_batches must be >= 0")
@@ -56,8 +56,8 @@ class RaceConfig:
     """Successive halving over validation images."""
 
     top_k: int = 10  # the ranking's head that must come out as with full scoring
-    first_images: int | None = None  # images of the first rung (None: 1/16 of the split)
-    keep: float = 0.5  # fraction of candidates kept after each rung
+    first_images: int | None = None  # images of the first rung (None: 1/32 of the split)
+    keep: float = 1 / 3  # fraction of candidates kept after each rung (the margin guard keeps close calls)
     min_survivors: int | None = None  # never keep fewer than this (None: top_k + 2)
     margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best
 
@@ -103,11 +103,12 @@ class Scorer:
         self.net = net
         self.config = config
         self.device = net.stem_weight.device
+        self.batch_size = config.batch_size or (1000 if self.device.type == "cuda" else 200)
         self.num_images = min(config.images or len(val), len(val))
         dtype = torch.float32
         layout = torch.channels_last if config.channels_last else torch.contiguous_format
         images, labels = [], []
-        for x, y in val.batches(config.batch_size, shuffle=False, augment=False, channels_last=config.channels_last):
+        for x, y in val.batches(self.batch_size, shuffle=False, augment=False, channels_last=config.channels_last):
             images.append(x)
             labels.append(y)
         # The scoring set: the first `num_images` validation images, normalised once.
@@ -160,7 +161,7 @@ class Scorer:
         n = len(archs)
         if n == 0:
             return []
-        first = min(race.first_images or max(1, self.num_images // 16), self.num_images)
+        first = min(race.first_images or max(1, self.num_images // 32), self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [torch.zeros(2, device=self.device) for _ in range(n)]
         alive = list(range(n))
@@ -255,8 +256,8 @@ class Scorer:
         return totals
 
     def _slices(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for first in range(start, stop, self.config.batch_size):
-            last = min(first + self.config.batch_size, stop)
+        for first in range(start, stop, self.batch_size):
+            last = min(first + self.batch_size, stop)
             yield self.images[first:last], self.labels[first:last]
 
     @contextlib.contextmanager
