@@ -56,7 +56,7 @@ class RaceConfig:
     """Successive halving over validation images."""
 
     top_k: int = 10  # the ranking's head that must come out as with full scoring
-    first_images: int | None = None  # images of the first rung (None: 1/32 of the split)
+    first_images: int | None = None  # images of the first rung, rounded up to whole batches (None: 1/32 of the split)
     keep: float = 1 / 3  # fraction of candidates kept after each rung (the margin guard keeps close calls)
     min_survivors: int | None = None  # never keep fewer than this (None: top_k + 2)
     margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best
@@ -161,7 +161,11 @@ class Scorer:
         n = len(archs)
         if n == 0:
             return []
-        first = min(race.first_images or max(1, self.num_images // 32), self.num_images)
+        # Rungs end on whole scoring batches, so a survivor sees exactly the batches of
+        # full scoring and its score is bit-identical to `score` (another batch size may
+        # pick another kernel and flip a borderline image); doubling keeps the alignment.
+        first = race.first_images or max(1, self.num_images // 32)
+        first = min(math.ceil(first / self.batch_size) * self.batch_size, self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [torch.zeros(2, device=self.device) for _ in range(n)]
         alive = list(range(n))

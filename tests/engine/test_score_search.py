@@ -69,6 +69,7 @@ class _KnownErrorScorer(Scorer):
 
     def __init__(self, rates: list[float], images: int) -> None:  # no network: only the racing logic runs
         self.config = ScoreConfig()
+        self.batch_size = 100
         self.device = torch.device("cpu")
         self.num_images = images
         self._bn_cache = None
@@ -97,6 +98,18 @@ def test_racing_keeps_the_top_ten_of_spread_out_candidates_at_a_fraction_of_the_
     assert top(raced) == top(full)
     assert racer.measured < 0.3 * full_scorer.measured
     assert all(r == f for r, f in zip(raced, full) if r.method == "full")
+
+
+def test_racing_survivors_score_exactly_as_full_scoring(net: SmashNet, small_synthetic: Dataset) -> None:
+    archs = [sample(TINY, np.random.default_rng([7, i])) for i in range(8)]
+    scorer = _scorer(net, small_synthetic)
+    # 40 images round up to one whole batch of 64: the same batches as full scoring.
+    raced = scorer.race(archs, RaceConfig(top_k=2, first_images=40, min_survivors=3, margin_z=0))
+    survivors = [(a, r) for a, r in zip(archs, raced) if r.method == "full"]
+    assert 3 <= len(survivors) < len(archs)
+    assert {r.images for r in raced if r.method == "racing"} <= {64, 128}
+    for arch, score in survivors:
+        assert score == scorer.score(arch)
 
 
 class _FakeScorer:
