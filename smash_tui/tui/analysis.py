@@ -279,12 +279,12 @@ class ParetoScreen(_Polled):
                 (
                     str(row.id),
                     [
-                        row_cells(row, False)[0],
+                        " ",
                         str(row.id),
                         fixed(row.err),
                         human(cost_of(row)),
                         fixed(row.acc),
-                        row_cells(row, False)[-1],
+                        Text(*row_cells(row, False)[-1]),  # the retrain state, styled as in the browser
                     ],
                 )
                 for row in data.front

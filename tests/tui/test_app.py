@@ -491,6 +491,10 @@ async def test_pareto_view_highlights_the_front_and_retrains_it(
         await settle(pilot)
         table = app.screen.query_one("#pareto-table", DataTable)
         assert [int(str(k.value)) for k in table.rows] == [r[0] for r in front(1)]
+        for key in table.rows:  # cells are text, not the browser's (text, style) pairs
+            mark, ident, *_, state = (str(cell) for cell in table.get_row(key))
+            assert mark == " " and ident == str(key.value)
+            assert state in {"-", "queued", "running", "paused", "done", "failed", "cancelled"}
         await pilot.press("c")
         await settle(pilot)
         assert [int(str(k.value)) for k in table.rows] == [r[0] for r in front(2)]
