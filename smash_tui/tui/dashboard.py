@@ -241,7 +241,7 @@ class DashboardScreen(SmashScreen):
             style=style,
         )
         if not count and any(job.state == "queued" for job in data.jobs):
-            text.append(" (queued jobs wait for one: queue work with r or n to start one)")
+            text.append(" · r or n starts one for the queued jobs", style="dim")
         self.query_one("#dash-stats", StatusLine).text = text
 
     def _show_events(self, data: DashboardData) -> None:
