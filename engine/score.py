@@ -164,8 +164,11 @@ class Scorer:
         # Rungs end on whole scoring batches, so a survivor sees exactly the batches of
         # full scoring and its score is bit-identical to `score` (another batch size may
         # pick another kernel and flip a borderline image); doubling keeps the alignment.
+        # A scoring set of about one batch cannot be raced that way: there the rungs cut
+        # batches, and survivors' scores may differ from `score` in the last digits.
         first = race.first_images or max(1, self.num_images // 32)
-        first = min(math.ceil(first / self.batch_size) * self.batch_size, self.num_images)
+        aligned = math.ceil(first / self.batch_size) * self.batch_size
+        first = min(aligned if aligned < self.num_images else first, self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [torch.zeros(2, device=self.device) for _ in range(n)]
         alive = list(range(n))
