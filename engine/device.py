@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -10,9 +11,15 @@ import torch
 
 def bf16_native(device: torch.device) -> bool:
     """Whether the device computes bf16 natively: CUDA, or a CPU with AVX-512 BF16 / AMX."""
-    if device.type == "cuda":
+    return _bf16_native(device.type)
+
+
+@functools.cache
+def _bf16_native(device_type: str) -> bool:
+    # Asked once per device type: autocast_context runs per step and per scored batch.
+    if device_type == "cuda":
         return True
-    if device.type == "cpu":
+    if device_type == "cpu":
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
 
