@@ -3,7 +3,9 @@
 They show that the search space expresses the classics exactly, and they make
 handy baselines to retrain beside the searched architectures:
 
-- ResNet: one bank per block; every op reads it and adds its output back into it.
+- ResNet: one bank per block; every op reads it and adds its output back into it
+  (two stacked 3x3 convs per unit where the space has variable op bodies, else a
+  bottleneck unit: the op's 1x1 and one 3x3).
 - DenseNet(-BC): narrow banks; every op reads every filled bank and writes a new one.
 - FractalNet: a join of a one-conv column and a two-op column, summed into one bank.
 """
@@ -21,7 +23,12 @@ def _wide_bank(space: SearchSpace, block: int) -> int:
 
 
 def resnet_style(space: SearchSpace, ops_per_block: int = 3) -> Architecture:
-    """Pre-activation residual blocks: read bank 0, two stacked 3x3 convs, add into bank 0."""
+    """Pre-activation residual blocks: read bank 0, two stacked 3x3 convs, add into bank 0.
+
+    A space with one conv per op (`variable_ops=False`) cannot stack two; its units
+    are the op's 1x1 and one 3x3, still added into bank 0.
+    """
+    convs = (CONV3, CONV3, None, None) if space.variable_ops else (CONV3, None, None, None)
     blocks = []
     for b in range(space.num_blocks):
         bank = _wide_bank(space, b)
@@ -31,7 +38,7 @@ def resnet_style(space: SearchSpace, ops_per_block: int = 3) -> Architecture:
             writes=(0,),
             units=width,
             bottleneck=space.bottleneck_for(width, width),
-            convs=(CONV3, CONV3, None, None),
+            convs=convs,
         )
         count = max(1, min(ops_per_block, space.block_budgets[b] // width))
         blocks.append(Block(in_channels=width, bank_size=bank, ops=(op,) * count))

@@ -52,7 +52,7 @@ class SearchRequest:
     """What ``smash search`` (or ``smash demo``) was asked to do."""
 
     dataset: str = "synthetic"  # synthetic, cifar10, cifar100, stl10, npz:PATH or folder:PATH
-    preset: str = "small"  # search-space preset: tiny, small or paper
+    preset: str = "small"  # search-space preset: tiny, small, paper or paper-varop
     hypernet: str = "paper"  # HyperNet capacity: paper or small
     epochs: int = 100  # HyperNet training epochs
     max_steps: int | None = None  # HyperNet step budget
@@ -258,7 +258,7 @@ def search(
         ),
     ] = "synthetic",
     preset: Annotated[
-        str, typer.Option(help="Search-space preset: tiny, small or paper.")
+        str, typer.Option(help="Search-space preset: tiny, small, paper or paper-varop.")
     ] = "small",
     hypernet: Annotated[str, typer.Option(help="HyperNet size: paper or small.")] = "paper",
     epochs: Annotated[int, typer.Option(help="HyperNet training epochs.")] = 100,

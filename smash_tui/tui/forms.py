@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-PRESETS: Final = ("tiny", "small", "paper")
+PRESETS: Final = ("tiny", "small", "paper", "paper-varop")
 STRATEGIES: Final = ("random", "perturb", "markov", "evolution", "paper")
 BUILT_IN_DATASETS: Final = ("synthetic", "cifar10", "cifar100", "stl10")
 PATH_DATASETS: Final = ("npz", "folder")

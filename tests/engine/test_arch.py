@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 from engine.arch import Architecture, InvalidArchitecture, validate
 from engine.families import densenet_style, fractalnet_style, resnet_style
 from engine.sampler import sample
-from engine.space import PRESETS, InvalidSearchSpace, SearchSpace, get_preset
+from engine.space import OP_PATTERNS, PRESETS, InvalidSearchSpace, SearchSpace, get_preset
 
 TINY = PRESETS["tiny"]
 
@@ -22,7 +23,13 @@ def test_presets_are_distinct_and_paper_matches_the_paper() -> None:
     assert (paper.depth, paper.width, paper.base_units, paper.max_units) == (12, 4, 8, 64)
     assert (paper.bottleneck, paper.max_bottleneck, paper.depth_compression) == (4, 2, 2)
     assert paper.kernel_sizes == (3, 5, 7) and paper.max_dilation == 3 and max(paper.groups) == 8
-    assert paper.variable_ops
+    # The original's defaults run one conv per op; its `--var-op` is the paper-varop preset.
+    assert not paper.variable_ops
+    varop = get_preset("paper-varop")
+    assert varop.variable_ops and dataclasses.replace(varop, name="paper", variable_ops=False) == paper
+    rng = np.random.default_rng(0)
+    assert {op.active for _, _, op in sample(paper, rng).ops()} == {OP_PATTERNS[0]}
+    assert len({op.active for _, _, op in sample(varop, rng).ops()}) > 1
     assert get_preset("tiny").block_widths < get_preset("small").block_widths < paper.block_widths
     with pytest.raises(InvalidSearchSpace, match="unknown preset 'huge'"):
         get_preset("huge")
@@ -135,7 +142,8 @@ def test_resnet_family_connectivity() -> None:
             assert block.num_banks == 1  # one residual stream
             for op in block.ops:
                 assert op.reads == (0,) and op.writes == (0,)  # read it, add back into it
-                assert op.active == (True, True, False, False)  # two stacked convs
+                # two stacked convs, or the 1x1 and one conv where ops have one conv
+                assert op.active == ((True, True, False, False) if space.variable_ops else OP_PATTERNS[0])
 
 
 def test_densenet_family_connectivity() -> None:
