@@ -36,7 +36,7 @@ from engine.data import DataConfig, DeviceImages, load_dataset  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
 from engine.network import SmashNet  # noqa: E402
 from engine.sampler import sample  # noqa: E402
-from engine.score import RaceConfig, ScoreConfig, Scorer  # noqa: E402
+from engine.score import RaceConfig, ScoreConfig, Scorer, rank_key  # noqa: E402
 from engine.space import SamplingLimits, get_preset  # noqa: E402
 from engine.train import TrainConfig, build_smash, load_smash, train_hypernet  # noqa: E402
 
@@ -116,7 +116,8 @@ def main() -> None:
         return float(sum(p * s.images * draws + g * draws for p, s, g in zip(per_image, scores, generate)))
 
     def top(scores) -> list[int]:
-        return sorted(range(len(scores)), key=lambda i: (scores[i].error, scores[i].loss, i))[: args.top_k]
+        # Racing's ranking: survivors (scored on every image) first, by error, then loss.
+        return sorted(range(len(scores)), key=lambda i: (*rank_key(scores[i]), i))[: args.top_k]
 
     result = {
         "preset": space.name,
@@ -139,6 +140,10 @@ def main() -> None:
         "top10_overlap": len(set(top(raced)) & set(top(full))),
         "error_range": [min(s.error for s in full), max(s.error for s in full)],
         "original_archs_per_min": ORIGINAL_ARCHS_PER_MIN,
+        # Per architecture, in sampling order: what each mode measured.
+        "full_errors": [s.error for s in full],
+        "racing_errors": [s.error for s in raced],
+        "racing_images": [s.images for s in raced],
     }
     result["racing_speedup"] = result["racing_archs_per_min"] / result["full_archs_per_min"]
     result["full_vs_original"] = result["full_archs_per_min"] / ORIGINAL_ARCHS_PER_MIN

@@ -31,7 +31,7 @@ from engine.network import SmashNet
 class ScoreConfig:
     """How architectures are scored."""
 
-    images: int | None = None  # validation images to score on (None: the whole split)
+    images: int | None = None  # validation images to score on, a fixed random subset (None: the whole split)
     batch_size: int | None = None  # images per forward pass (None: 200 on a CPU, where smaller activations stay in cache, 1000 on CUDA)
     z_draws: int = 1  # independent z draws whose errors and losses are averaged
     bn_recalibration_batches: int = 4  # training batches that re-estimate BN statistics (0: off, the paper's way)
@@ -77,6 +77,19 @@ class Score:
     method: str  # "full" (the whole scoring set) or "racing" (dropped after a partial slice)
 
 
+def rank_key(score: Score) -> tuple[int, float, float]:
+    """Sort key of a ranking: best first.
+
+    A score measured on more images ranks first, then lower error, then lower loss.
+    Without racing every score covers the same images and this is (error, loss). With
+    racing it is successive halving's own ranking: a candidate dropped after a partial
+    slice lost to the survivors on that slice, so its partial error (optimistic for a
+    lucky slice, and measured on other images than the survivors' full scores) never
+    outranks a survivor's.
+    """
+    return (-score.images, score.error, score.loss)
+
+
 def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
     """A seed that depends only on the run seed, the architecture and the draw index."""
     digest = hashlib.sha256(f"{seed}:{arch.hash}:{draw}".encode()).digest()
@@ -111,9 +124,14 @@ class Scorer:
         for x, y in val.batches(self.batch_size, shuffle=False, augment=False, channels_last=config.channels_last):
             images.append(x)
             labels.append(y)
-        # The scoring set: the first `num_images` validation images, normalised once.
-        self.images = torch.cat(images)[: self.num_images].to(dtype).contiguous(memory_format=layout)
-        self.labels = torch.cat(labels)[: self.num_images]
+        # The scoring set, normalised once: the validation images in a fixed random order,
+        # cut to `num_images`. Splits often come sorted by class (ImageFolder always is),
+        # and a prefix of a sorted split is one or two classes: a subset, or racing's first
+        # rungs, would rank architectures by how they do on those classes alone.
+        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(config.seed))
+        order = order[: self.num_images].to(self.device)
+        self.images = torch.cat(images)[order].to(dtype).contiguous(memory_format=layout)
+        self.labels = torch.cat(labels)[order]
         self.recalibration: list[torch.Tensor] = []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         if config.bn_recalibration_batches and train is not None:

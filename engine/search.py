@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.arch import Architecture
 from engine.sampler import perturb, sample
-from engine.score import Score
+from engine.score import Score, rank_key
 from engine.space import SearchSpace
 
 STRATEGIES = ("random", "perturb", "markov", "evolution", "paper")
@@ -127,8 +127,9 @@ class _Stopped(Exception):
     pass
 
 
-def _rank(score: Score) -> tuple[float, float]:
-    return (score.error, score.loss)
+def _rank(score: Score) -> tuple[int, float, float]:
+    # Racing: a candidate dropped after a partial slice never outranks a survivor.
+    return rank_key(score)
 
 
 def run_search(

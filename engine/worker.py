@@ -621,12 +621,13 @@ def run_search_job(
     def on_result(result: Result) -> None:
         buffer.add(describe(result.arch, spec, result.score, result.source, params.score))
         state["new"] += 1
-        state["best"] = min(state["best"], result.score.error)
+        if result.score.method == "full":  # a racing drop's partial error is no "best"
+            state["best"] = min(state["best"], result.score.error)
         done = min(already + state["new"], budget)
         rate = state["new"] / max(time.monotonic() - start, 1e-9)
         reporter.progress(
             min(done / budget, 0.999),
-            f"{done}/{budget} scored · best {state['best']:.2f}%",
+            f"{done}/{budget} scored" + (f" · best {state['best']:.2f}%" if state["best"] < math.inf else ""),
             (budget - done) / rate if rate > 0 else None,
         )
 

@@ -34,7 +34,7 @@ $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
 
 step gpu-tests 150 $PY -m pytest -p no:cacheprovider -o addopts="" -q tests/engine/test_gpu.py tests/engine/test_network.py
 step step-throughput 60 $PY benchmarks/step_throughput.py --preset paper --batch 50 --steps 40 --out "$OUT/step_throughput.json"
-step step-throughput-full-space 60 $PY benchmarks/step_throughput.py --preset paper --batch 50 --steps 40 --progress 1 --out "$OUT/step_throughput_full.json"
+step step-throughput-varop-full-space 60 $PY benchmarks/step_throughput.py --preset paper-varop --batch 50 --steps 40 --progress 1 --out "$OUT/step_throughput_varop_full.json"
 if [ -f "$DATA/train.npz" ]; then
     step score-throughput 120 $PY benchmarks/score_throughput.py --data "$DATA" --archs 200 --train-steps 400 --out "$OUT/score_throughput.json"
     step quality 200 $PY benchmarks/quality.py --data "$DATA" --preset small --hypernet-epochs 15 --archs 200 --retrain 10 --epochs 10 --out "$OUT/quality.json"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from engine.arch import validate
-from engine.data import Dataset, DeviceImages
+from engine.data import Dataset, DeviceImages, Split
 from engine.network import SmashNet
 from engine.sampler import sample
-from engine.score import RaceConfig, Score, ScoreConfig, Scorer
+from engine.score import RaceConfig, Score, ScoreConfig, Scorer, rank_key
 from engine.search import STRATEGIES, SearchConfig, run_search
 from engine.space import PRESETS
 
@@ -110,6 +110,28 @@ def test_racing_survivors_score_exactly_as_full_scoring(net: SmashNet, small_syn
     assert {r.images for r in raced if r.method == "racing"} <= {64, 128}
     for arch, score in survivors:
         assert score == scorer.score(arch)
+
+
+def test_a_scoring_subset_of_a_class_sorted_split_covers_every_class(net: SmashNet, small_synthetic: Dataset) -> None:
+    # ImageFolder trees and many npz exports list images class by class; a prefix of
+    # such a split would be one class, and racing's first rungs would rank on it alone.
+    by_class = torch.argsort(small_synthetic.val.labels, stable=True)
+    sorted_val = Split(small_synthetic.val.images[by_class], small_synthetic.val.labels[by_class])
+    val = DeviceImages(sorted_val, "cpu", small_synthetic.mean, small_synthetic.std)
+    scorer = Scorer(net, val, ScoreConfig(images=40, batch_size=64, bn_recalibration_batches=0))
+    counts = torch.bincount(scorer.labels, minlength=10)
+    assert (counts > 0).all() and counts.max() <= 10  # all ten classes, none dominating
+    whole = Scorer(net, val, ScoreConfig(batch_size=64, bn_recalibration_batches=0))
+    assert sorted(whole.labels.tolist()) == sorted_val.labels.tolist()  # a reordering, nothing lost
+
+
+def test_racing_ranks_survivors_above_candidates_dropped_on_a_lucky_slice() -> None:
+    full = Score(error=30.0, loss=1.0, images=5000, z_draws=1, method="full")
+    dropped = Score(error=25.0, loss=0.9, images=200, z_draws=1, method="racing")
+    later = Score(error=28.0, loss=0.9, images=1600, z_draws=1, method="racing")
+    assert sorted([dropped, later, full], key=rank_key) == [full, later, dropped]
+    same_images = Score(error=29.0, loss=1.0, images=5000, z_draws=1, method="full")
+    assert sorted([full, same_images], key=rank_key) == [same_images, full]  # plain scoring: by error
 
 
 class _FakeScorer:
