@@ -90,6 +90,14 @@ def rank_key(score: Score) -> tuple[int, float, float]:
     return (-score.images, score.error, score.loss)
 
 
+def scoring_order(images: int, seed: int) -> torch.Tensor:
+    """The order in which a Scorer with this seed reads a validation split of `images` images.
+
+    Scores on a subset (`ScoreConfig.images`) cover the first images of this order.
+    """
+    return torch.randperm(images, generator=torch.Generator().manual_seed(seed))
+
+
 def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
     """A seed that depends only on the run seed, the architecture and the draw index."""
     digest = hashlib.sha256(f"{seed}:{arch.hash}:{draw}".encode()).digest()
@@ -128,8 +136,7 @@ class Scorer:
         # cut to `num_images`. Splits often come sorted by class (ImageFolder always is),
         # and a prefix of a sorted split is one or two classes: a subset, or racing's first
         # rungs, would rank architectures by how they do on those classes alone.
-        order = torch.randperm(len(val), generator=torch.Generator().manual_seed(config.seed))
-        order = order[: self.num_images].to(self.device)
+        order = scoring_order(len(val), config.seed)[: self.num_images].to(self.device)
         self.images = torch.cat(images)[order].to(dtype).contiguous(memory_format=layout)
         self.labels = torch.cat(labels)[order]
         self.recalibration: list[torch.Tensor] = []
@@ -270,7 +277,7 @@ class Scorer:
                 generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
                 with autocast_context(self.device, self.config.bf16):
                     weights = net.generate(arch, generator=generator)
-                    with self._recalibrated(arch, weights, draw):
+                    with self.recalibrated(arch, weights, draw):
                         net.eval()
                         for x, y in self._slices(start, stop):
                             logits = net(x, arch, weights).float()
@@ -286,7 +293,7 @@ class Scorer:
             yield self.images[first:last], self.labels[first:last]
 
     @contextlib.contextmanager
-    def _recalibrated(self, arch: Architecture, weights: list[torch.Tensor], draw: int) -> Iterator[None]:
+    def recalibrated(self, arch: Architecture, weights: list[torch.Tensor], draw: int) -> Iterator[None]:
         """BN running statistics re-estimated for `arch`, restored afterwards.
 
         During a race the statistics of each (architecture, draw) are kept, so later

@@ -39,6 +39,7 @@ from engine.arch import Architecture
 from engine.checkpoint import CheckpointError
 from engine.cost import architecture_cost
 from engine.data import DataConfig, Dataset, DeviceImages, load_dataset
+from engine.device import autocast_context
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
 from engine.network import DerivedNet, build_model
@@ -778,26 +779,47 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def smash_initialised_model(
-    spec: ExperimentSpec, arch: Architecture, hypernet_path: Path, *, seed: int = 0
+    spec: ExperimentSpec,
+    arch: Architecture,
+    hypernet_path: Path,
+    *,
+    score: ScoreConfig = ScoreConfig(bn_recalibration_batches=0),
+    data: Dataset | None = None,
 ) -> DerivedNet:
     """The derived network of ``arch`` carrying the weights SMASH generates for it.
 
     The 1x1 weights come from the HyperNet with the first z draw that scoring with
-    ``seed`` uses; the rest are the shared weights' slices. Not trained on its own:
-    this is what the SMASH score measured.
+    ``score`` uses; the rest are the shared weights' slices, and the BatchNorm
+    statistics are the ones that scoring used: re-estimated on ``data``'s training
+    images when ``score`` recalibrates them, else the shared ones. Not trained on its
+    own: this is what the SMASH score measured.
 
     Raises:
         CheckpointError: The HyperNet checkpoint is missing, corrupt or of another space.
+        ValueError: ``score`` recalibrates BatchNorm and no ``data`` was given.
     """
     net, _ = load_smash(hypernet_path, "cpu")
     if (net.num_classes, net.in_channels) != (spec.num_classes, spec.in_channels):
         raise CheckpointError(f"checkpoint {hypernet_path} was trained for another data set")
-    generator = torch.Generator().manual_seed(arch_seed(seed, arch, 0))
-    with torch.no_grad():
-        weights = net.generate(arch, generator=generator)
+    if score.bn_recalibration_batches and data is None:
+        raise ValueError("BatchNorm recalibration needs the data set")
+    cpu = torch.device("cpu")
     model = build_model(arch, spec.num_classes, spec.in_channels)
-    return model.load_from_smash(net, weights).eval()
-
+    generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
+    # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
+    with torch.no_grad(), autocast_context(cpu, score.bf16):
+        weights = net.generate(arch, generator=generator)
+        if not score.bn_recalibration_batches:
+            return model.load_from_smash(net, weights).eval()
+        assert data is not None
+        scorer = Scorer(
+            net,
+            DeviceImages(data.val, cpu, data.mean, data.std),
+            dataclasses.replace(score, images=1),  # only its recalibration batches are used
+            train=DeviceImages(data.train, cpu, data.mean, data.std),
+        )
+        with scorer.recalibrated(arch, weights, 0):
+            return model.load_from_smash(net, weights).eval()
 
 __all__ = [
     "ConfigError",

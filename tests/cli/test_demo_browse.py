@@ -146,10 +146,12 @@ import importlib.util, json, sys
 import torch
 from engine.data import DataConfig, DeviceImages, load_dataset
 from engine.retrain import evaluate
+from engine.score import scoring_order
 data = load_dataset(DataConfig(**json.loads(sys.argv[1])))
-first_val = DeviceImages(data.val.subset(torch.arange(50)), "cpu", data.mean, data.std)
+scored = scoring_order(len(data.val), int(sys.argv[2]))[:50]  # the images the search scored on
+first_val = DeviceImages(data.val.subset(scored), "cpu", data.mean, data.std)
 measured = []
-for number, folder in enumerate(sys.argv[2:]):
+for number, folder in enumerate(sys.argv[3:]):
     spec = importlib.util.spec_from_file_location(f"export{number}", f"{folder}/load_model.py")
     snippet = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(snippet)
@@ -175,6 +177,7 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
         row = session.get(Retrain, retrained["retrain_id"])
         assert row is not None and row.test_acc == retrained["test_acc"] and row.finished_at
         config = session.scalars(select(Experiment)).one().config
+        score_seed = session.scalars(select(Job).where(Job.kind == "search")).one().params["score"]["seed"]
     after = {r["id"]: r for r in json.loads(smash(demo_db, "ls", "--json").stdout)}
     assert after[target["id"]]["acc"] == retrained["test_acc"]
 
@@ -197,6 +200,7 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
             "-c",
             _EVALUATE,
             json.dumps(config["data"]),
+            str(score_seed),
             str(trained_dir),
             str(generated_dir),
         ],
@@ -209,7 +213,7 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
     trained, generated = json.loads(done.stdout)
     # Exactly the logged test accuracy: the same weights, split and evaluation.
     assert trained["test_acc"] == retrained["test_acc"]
-    # SMASH's weights score what the search measured (first 50 validation images),
+    # SMASH's weights score what the search measured (its 50 validation images),
     # up to one image that float rounding may tip.
     assert abs((100 - generated["first_val_acc"]) - untouched["err"]) <= 2.0 + 1e-9
 
