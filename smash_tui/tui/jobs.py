@@ -43,6 +43,7 @@ class JobsScreen(SmashScreen):
         super().__init__()
         self.all_experiments = True
         self.jobs: list[JobView] = []
+        self._loads = 0  # loads started; only the newest may show its rows
 
     def compose_body(self) -> ComposeResult:
         yield RowTable(id="jobs-table")
@@ -66,14 +67,21 @@ class JobsScreen(SmashScreen):
         store = self.store
         if store is not None:
             scope = None if self.all_experiments else self.smash.experiment_id
-            self._load(store, scope)
+            self._loads += 1
+            self._load(store, scope, self._loads)
 
     @work(thread=True, exclusive=True, group="jobs", exit_on_error=False)
-    def _load(self, store: Any, experiment_id: int | None) -> None:
+    def _load(self, store: Any, experiment_id: int | None, number: int) -> None:
         try:
-            self.post_message(JobsLoaded(store.jobs(experiment_id)))
+            jobs = store.jobs(experiment_id)
         except Exception as exc:
             self.post_message(ActionFailed(f"cannot read jobs: {exc}"))
+            return
+        # A thread cannot be cancelled: a poll that read the database before an action
+        # committed may finish after the load the action started. Only the newest load
+        # may show its rows, or a cancelled job would show as queued until the next poll.
+        if number == self._loads:
+            self.post_message(JobsLoaded(jobs))
 
     @on(JobsLoaded)
     def _show(self, message: JobsLoaded) -> None:
