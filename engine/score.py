@@ -104,6 +104,66 @@ def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def recalibration_batches(train: DeviceImages, config: ScoreConfig) -> list[torch.Tensor]:
+    """The training batches BN recalibration runs on: fixed by `config.seed`, no augmentation."""
+    if not config.bn_recalibration_batches:
+        return []
+    fixed = torch.Generator().manual_seed(config.seed)
+    batches = train.batches(
+        config.bn_batch_size, shuffle=True, augment=False, generator=fixed,
+        drop_last=True, channels_last=config.channels_last,
+    )
+    chosen: list[torch.Tensor] = []
+    for x, _ in batches:
+        if len(chosen) == config.bn_recalibration_batches:
+            break
+        chosen.append(x)
+    return chosen
+
+
+@contextlib.contextmanager
+def bn_recalibrated(
+    net: SmashNet,
+    arch: Architecture,
+    weights: list[torch.Tensor],
+    batches: Sequence[torch.Tensor],
+    cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+    key: tuple[str, int] = ("", 0),
+) -> Iterator[None]:
+    """The net's BN running statistics re-estimated for `arch` on `batches`, restored afterwards.
+
+    No batches: the shared statistics stay. A `cache` keeps each `key`'s statistics
+    so that a later call reuses them instead of recalibrating again.
+    """
+    if not batches:
+        yield
+        return
+    norms = [*net.transition_norms, net.head_norm]
+    saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]  # type: ignore[union-attr]
+    try:
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None:
+            for n, (mean, var) in zip(norms, cached):
+                n.running_mean.copy_(mean)  # type: ignore[union-attr]
+                n.running_var.copy_(var)  # type: ignore[union-attr]
+        else:
+            for n in norms:
+                n.reset_running_stats()
+            net.train()
+            for i, x in enumerate(batches):
+                for n in norms:
+                    n.momentum = 1.0 / (i + 1)  # running stats become the plain mean over batches
+                net(x, arch, weights)
+            if cache is not None:
+                cache[key] = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]  # type: ignore[union-attr]
+        yield
+    finally:
+        for n, (mean, var, momentum) in zip(norms, saved):
+            n.running_mean.copy_(mean)  # type: ignore[union-attr]
+            n.running_var.copy_(var)  # type: ignore[union-attr]
+            n.momentum = momentum
+
+
 class Scorer:
     """Scores architectures of one SMASH network on one validation split.
 
@@ -139,18 +199,8 @@ class Scorer:
         order = scoring_order(len(val), config.seed)[: self.num_images].to(self.device)
         self.images = torch.cat(images)[order].to(dtype).contiguous(memory_format=layout)
         self.labels = torch.cat(labels)[order]
-        self.recalibration: list[torch.Tensor] = []
+        self.recalibration = recalibration_batches(train, config) if train is not None else []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        if config.bn_recalibration_batches and train is not None:
-            fixed = torch.Generator().manual_seed(config.seed)
-            batches = train.batches(
-                config.bn_batch_size, shuffle=True, augment=False, generator=fixed,
-                drop_last=True, channels_last=config.channels_last,
-            )
-            for x, _ in batches:
-                if len(self.recalibration) == config.bn_recalibration_batches:
-                    break
-                self.recalibration.append(x)
 
     # One architecture --------------------------------------------------------------------
 
@@ -294,36 +344,10 @@ class Scorer:
 
     @contextlib.contextmanager
     def recalibrated(self, arch: Architecture, weights: list[torch.Tensor], draw: int) -> Iterator[None]:
-        """BN running statistics re-estimated for `arch`, restored afterwards.
+        """BN running statistics re-estimated for `arch` (see `bn_recalibrated`).
 
         During a race the statistics of each (architecture, draw) are kept, so later
         rungs reuse them instead of recalibrating again (they would come out the same).
         """
-        if not self.recalibration:
+        with bn_recalibrated(self.net, arch, weights, self.recalibration, self._bn_cache, (arch.hash, draw)):
             yield
-            return
-        norms = [*self.net.transition_norms, self.net.head_norm]
-        saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]  # type: ignore[union-attr]
-        key = (arch.hash, draw)
-        try:
-            cached = self._bn_cache.get(key) if self._bn_cache is not None else None
-            if cached is not None:
-                for n, (mean, var) in zip(norms, cached):
-                    n.running_mean.copy_(mean)  # type: ignore[union-attr]
-                    n.running_var.copy_(var)  # type: ignore[union-attr]
-            else:
-                for n in norms:
-                    n.reset_running_stats()
-                self.net.train()
-                for i, x in enumerate(self.recalibration):
-                    for n in norms:
-                        n.momentum = 1.0 / (i + 1)  # running stats become the plain mean over batches
-                    self.net(x, arch, weights)
-                if self._bn_cache is not None:
-                    self._bn_cache[key] = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]  # type: ignore[union-attr]
-            yield
-        finally:
-            for n, (mean, var, momentum) in zip(norms, saved):
-                n.running_mean.copy_(mean)  # type: ignore[union-attr]
-                n.running_var.copy_(var)  # type: ignore[union-attr]
-                n.momentum = momentum

@@ -120,16 +120,11 @@ class _Book:
         return [self.scores[a.hash] for a in archs]
 
     def best(self, pool: Sequence[Architecture], k: int) -> list[Architecture]:
-        return sorted(pool, key=lambda a: _rank(self.scores[a.hash]))[:k]
+        return sorted(pool, key=lambda a: rank_key(self.scores[a.hash]))[:k]
 
 
 class _Stopped(Exception):
     pass
-
-
-def _rank(score: Score) -> tuple[int, float, float]:
-    # Racing: a candidate dropped after a partial slice never outranks a survivor.
-    return rank_key(score)
 
 
 def run_search(
@@ -216,7 +211,7 @@ def _markov(
     current = book.best(pool, 1)[0]
     for _ in range(config.markov_steps):
         proposal = perturb(current, space, rng, config.perturb_p)
-        if _rank(book.score([proposal], "markov")[0]) < _rank(book.scores[current.hash]):
+        if rank_key(book.score([proposal], "markov")[0]) < rank_key(book.scores[current.hash]):
             current = proposal
     return current
 
@@ -236,7 +231,7 @@ def _evolution(
     # already, so a resumed search takes exactly the turns of an uninterrupted one.
     for _ in range(config.architectures - len(population)):
         picks = rng.choice(len(population), size=config.tournament, replace=False)
-        parent = min((population[int(i)] for i in picks), key=lambda a: _rank(book.scores[a.hash]))
+        parent = min((population[int(i)] for i in picks), key=lambda a: rank_key(book.scores[a.hash]))
         child = perturb(parent, space, rng, config.perturb_p)
         book.score([child], "evolution")
         population.append(child)

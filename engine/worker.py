@@ -44,7 +44,15 @@ from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
 from engine.network import DerivedNet, build_model
 from engine.retrain import RetrainConfig, RetrainEpoch, RetrainResult, retrain
-from engine.score import RaceConfig, Score, ScoreConfig, Scorer, arch_seed
+from engine.score import (
+    RaceConfig,
+    Score,
+    ScoreConfig,
+    Scorer,
+    arch_seed,
+    bn_recalibrated,
+    recalibration_batches,
+)
 from engine.search import Result, SearchConfig, run_search
 from engine.space import SearchSpace
 from engine.train import TrainConfig, build_smash, load_smash, train_hypernet
@@ -812,13 +820,8 @@ def smash_initialised_model(
         if not score.bn_recalibration_batches:
             return model.load_from_smash(net, weights).eval()
         assert data is not None
-        scorer = Scorer(
-            net,
-            DeviceImages(data.val, cpu, data.mean, data.std),
-            dataclasses.replace(score, images=1),  # only its recalibration batches are used
-            train=DeviceImages(data.train, cpu, data.mean, data.std),
-        )
-        with scorer.recalibrated(arch, weights, 0):
+        train = DeviceImages(data.train, cpu, data.mean, data.std)
+        with bn_recalibrated(net, arch, weights, recalibration_batches(train, score)):
             return model.load_from_smash(net, weights).eval()
 
 __all__ = [

@@ -263,14 +263,16 @@ def export(
         hypernet = latest_train_checkpoint(session, experiment.id)
         # The generated weights are rebuilt as the newest score against that HyperNet
         # measured them: its z seed and BatchNorm recalibration.
-        scored_by = [
-            session.get(Job, score.job_id)
-            for score in detail.scores
-            if hypernet is not None and score.checkpoint_id == hypernet.id and score.job_id is not None
-        ]
-        score_params = next(
-            (job.params.get("score") for job in reversed(scored_by) if job is not None), None
+        newest = next(
+            (
+                score
+                for score in reversed(detail.scores)
+                if hypernet is not None and score.checkpoint_id == hypernet.id and score.job_id is not None
+            ),
+            None,
         )
+        job = session.get(Job, newest.job_id) if newest is not None else None
+        score_params = job.params.get("score") if job is not None else None
     spec = ExperimentSpec.from_record(experiment.search_space, experiment.config, experiment.seed)
     try:
         score_config = config_from_dict(ScoreConfig, score_params or {"seed": experiment.seed}, "score")
