@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +201,7 @@ class Scorer:
         self.labels = torch.cat(labels)[order]
         self.recalibration = recalibration_batches(train, config) if train is not None else []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] = {}
 
     # One architecture --------------------------------------------------------------------
 
@@ -226,16 +227,32 @@ class Scorer:
         archs: Sequence[Architecture],
         race: RaceConfig = RaceConfig(),
         on_result: Callable[[Architecture, Score], None] | None = None,
+        leaders: Sequence[Leader] = (),
     ) -> list[Score]:
         """Successive halving: score all on a slice, keep the best, extend the survivors.
 
         Every candidate gets a score: survivors on the whole scoring set (method
         "full", identical to `score`), the rest on the slice they were dropped after
         (method "racing"). Dropped candidates are reported as soon as they drop.
+
+        `leaders` are survivors of earlier races of the same search (see `Racer`).
+        They are ranked with the candidates at every rung, on the same images, so a
+        candidate clearly worse than the k-th best of the whole search drops early
+        even when it would be in the top k of its own batch.
         """
+        return self._race(archs, race, on_result, leaders)[0]
+
+    def _race(
+        self,
+        archs: Sequence[Architecture],
+        race: RaceConfig,
+        on_result: Callable[[Architecture, Score], None] | None,
+        leaders: Sequence[Leader],
+    ) -> tuple[list[Score], list[Leader]]:
+        """`race`, plus the survivors as leaders for later races."""
         n = len(archs)
         if n == 0:
-            return []
+            return [], []
         # Rungs end on whole scoring batches, so a survivor sees exactly the batches of
         # full scoring and its score is bit-identical to `score` (another batch size may
         # pick another kernel and flip a borderline image); doubling keeps the alignment.
@@ -246,63 +263,82 @@ class Scorer:
         first = min(aligned if aligned < self.num_images else first, self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [torch.zeros(2, device=self.device) for _ in range(n)]
+        rungs: list[dict[int, tuple[float, float]]] = [{} for _ in range(n)]
         alive = list(range(n))
         results: dict[int, Score] = {}
 
         def report(i: int, images: int, method: str) -> None:
             results[i] = self._to_score(sums[i], images, method)
+            for draw in range(self.config.z_draws):
+                self._weight_cache.pop((archs[i], draw), None)
             if on_result is not None:
                 on_result(archs[i], results[i])
 
-        self._bn_cache = {}  # recalibrated BN statistics, reused by later rungs
+        # Recalibrated BN statistics and generated weights of the candidates still in
+        # the race, reused by later rungs instead of being computed again (they would
+        # come out the same): a candidate that survives three rungs is generated once.
+        self._bn_cache, self._weight_cache = {}, {}
         try:
             done, target = 0, first
-            while True:
+            while alive:
                 for i in alive:
                     sums[i] += self._sums(archs[i], done, target)
                 done = target
                 if done >= self.num_images:
                     break
-                if len(alive) > min_survivors:
-                    with host_sync_allowed(self.device):
-                        totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
-                    ranked = sorted(zip(alive, totals), key=lambda t: (t[1][0], t[1][1], t[0]))
-                    keep = max(min_survivors, math.ceil(len(alive) * race.keep))
-                    keep = max(keep, self._close_to_top(ranked, race, done))
-                    for i, _ in ranked[keep:]:
-                        report(i, done, "racing")
-                    alive = sorted(i for i, _ in ranked[:keep])
+                with host_sync_allowed(self.device):
+                    totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
+                for i, (wrong, loss) in zip(alive, totals):
+                    rungs[i][done] = (wrong, loss)
+                bar = [leader.rungs[done] for leader in leaders if done in leader.rungs]
+                if len(alive) + len(bar) > race.top_k:
+                    kept = self._survivors(alive, totals, bar, race, min_survivors, done)
+                    for i in alive:
+                        if i not in kept:
+                            report(i, done, "racing")
+                    alive = [i for i in alive if i in kept]
                 target = min(2 * target, self.num_images)
         finally:
-            self._bn_cache = None
+            self._bn_cache, self._weight_cache = None, {}
         for i in alive:
             report(i, self.num_images, "full")
-        return [results[i] for i in range(n)]
+        return [results[i] for i in range(n)], [Leader(results[i], rungs[i]) for i in alive]
 
     # Internals ---------------------------------------------------------------------------
 
-    def _close_to_top(self, ranked: list[tuple[int, list[float]]], race: RaceConfig, images: int) -> int:
-        """How many of the ranked candidates are statistically tied with the k-th best.
+    def _survivors(
+        self,
+        alive: list[int],
+        totals: list[list[float]],
+        leaders: list[tuple[float, float]],
+        race: RaceConfig,
+        min_survivors: int,
+        images: int,
+    ) -> set[int]:
+        """The candidates that stay in the race after a rung on `images` images.
 
-        Errors measured on `images` images have a binomial standard error; dropping a
-        candidate whose error is within `margin_z` combined standard errors of the k-th
-        best could drop a true top-k member, so such candidates stay in the race.
+        Candidates and leaders (their (wrong, loss) sums on the same images) are ranked
+        together. The best `keep` fraction (at least `min_survivors`) stays, and so does
+        anyone statistically tied with the k-th best: errors measured on `images` images
+        have a binomial standard error, and dropping a candidate within `margin_z`
+        combined standard errors of the k-th best could drop a true top-k member.
         """
-        if race.margin_z == 0 or len(ranked) <= race.top_k:
-            return 0
         n = images * self.config.z_draws
-
-        def rate_and_var(wrong: float) -> tuple[float, float]:
-            p = min(max(wrong / n, 0.5 / n), 1 - 0.5 / n)
-            return p, p * (1 - p) / n
-
-        kth, kth_var = rate_and_var(ranked[race.top_k - 1][1][0])
-        close = 0
-        for position, (_, (wrong, _)) in enumerate(ranked):
-            p, var = rate_and_var(wrong)
-            if position < race.top_k or p - kth <= race.margin_z * math.sqrt(var + kth_var):
-                close = position + 1
-        return close
+        # (wrong, loss, candidate index or -1 for a leader, clipped rate, its variance);
+        # a leader ranks before a candidate with the same sums.
+        entries = []
+        for i, (wrong, loss) in [*((-1, t) for t in leaders), *zip(alive, totals)]:
+            p = min(max(wrong / n, 0.5 / n), 1 - 0.5 / n)  # no zero variance at 0 or n wrong
+            entries.append((wrong, loss, i, p, p * (1 - p) / n))
+        entries.sort(key=lambda e: e[:3])
+        keep = max(min_survivors, math.ceil(len(entries) * race.keep))
+        if race.margin_z > 0 and len(entries) > race.top_k:
+            *_, bar_index, bar, bar_var = entries[race.top_k - 1]
+            keep = max(keep, race.top_k) if bar_index >= 0 else race.top_k
+            for position, (*_, index, p, var) in enumerate(entries):
+                if index >= 0 and position >= keep and p - bar <= race.margin_z * math.sqrt(var + bar_var):
+                    keep = position + 1
+        return {index for _, _, index, _, _ in entries[:keep] if index >= 0}
 
     def _to_score(self, sums: torch.Tensor, images: int, method: str) -> Score:
         with host_sync_allowed(self.device):
@@ -324,9 +360,8 @@ class Scorer:
         totals = torch.zeros(2, device=self.device)
         try:
             for draw in range(self.config.z_draws):
-                generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
                 with autocast_context(self.device, self.config.bf16):
-                    weights = net.generate(arch, generator=generator)
+                    weights = self._weights(arch, draw)
                     with self.recalibrated(arch, weights, draw):
                         net.eval()
                         for x, y in self._slices(start, stop):
@@ -336,6 +371,17 @@ class Scorer:
         finally:
             net.train(was_training)
         return totals
+
+    def _weights(self, arch: Architecture, draw: int) -> list[torch.Tensor]:
+        """Generated weights of one z draw; during a race, generated once per candidate."""
+        key = (arch, draw)
+        weights = self._weight_cache.get(key)
+        if weights is None:
+            generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
+            weights = self.net.generate(arch, generator=generator)
+            if self._bn_cache is not None:  # only while racing
+                self._weight_cache[key] = weights
+        return weights
 
     def _slices(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for first in range(start, stop, self.batch_size):
@@ -351,3 +397,42 @@ class Scorer:
         """
         with bn_recalibrated(self.net, arch, weights, self.recalibration, self._bn_cache, (arch.hash, draw)):
             yield
+
+
+@dataclass(frozen=True)
+class Leader:
+    """A survivor of an earlier race: its full score and its sums at every rung it passed.
+
+    Later races of the same scorer cut their rungs at the same image counts, so a
+    leader is compared with their candidates on the same images: a slice that is hard
+    for every architecture raises the leader's error with theirs.
+    """
+
+    score: Score  # the full score
+    rungs: Mapping[int, tuple[float, float]]  # images -> (wrong, loss) summed over the first `images` images
+
+
+class Racer:
+    """Racing across a whole search: each batch races against the best survivors so far.
+
+    A search scores candidates in batches. Raced alone, every batch would keep its own
+    top k, and later batches would spend most of their images on candidates that the
+    search's top k already beats. A Racer hands the k best survivors of its earlier
+    races (its leaders) to every race, so such candidates drop after the first rungs.
+    A resumed search starts with no leaders: the recorded scores hold no rung sums.
+
+    Args:
+        scorer: the scorer of the search.
+        race: racing settings.
+    """
+
+    def __init__(self, scorer: Scorer, race: RaceConfig = RaceConfig()) -> None:
+        self.scorer = scorer
+        self.race = race
+        self.leaders: list[Leader] = []
+
+    def __call__(self, archs: Sequence[Architecture]) -> list[Score]:
+        scores, survivors = self.scorer._race(archs, self.race, None, self.leaders)
+        ranked = sorted([*self.leaders, *survivors], key=lambda leader: rank_key(leader.score))
+        self.leaders = ranked[: self.race.top_k]
+        return scores

@@ -10,7 +10,7 @@ from engine.arch import validate
 from engine.data import Dataset, DeviceImages, Split
 from engine.network import SmashNet
 from engine.sampler import sample
-from engine.score import RaceConfig, Score, ScoreConfig, Scorer, rank_key
+from engine.score import RaceConfig, Racer, Score, ScoreConfig, Scorer, rank_key
 from engine.search import STRATEGIES, SearchConfig, run_search
 from engine.space import PRESETS
 
@@ -98,6 +98,70 @@ def test_racing_keeps_the_top_ten_of_spread_out_candidates_at_a_fraction_of_the_
     assert top(raced) == top(full)
     assert racer.measured < 0.3 * full_scorer.measured
     assert all(r == f for r, f in zip(raced, full) if r.method == "full")
+
+
+def _full_scores(scorer: _KnownErrorScorer, archs: list[str]) -> list[Score]:
+    return [scorer._to_score(scorer._sums(a, 0, scorer.num_images), scorer.num_images, "full") for a in archs]
+
+
+def test_a_racer_drops_candidates_clearly_worse_than_earlier_survivors_after_the_first_rung() -> None:
+    # A first batch of ten at 20-25 % error; then a batch of 16 candidates at 50-80 %
+    # and one at 10 %. Raced alone, the second batch would score its own top 10 in full.
+    rates = [*np.linspace(0.20, 0.25, 10), *np.linspace(0.5, 0.8, 16), 0.1]
+    archs = [str(i) for i in range(len(rates))]
+    scorer = _KnownErrorScorer(rates, 5000)
+    racer = Racer(scorer, RaceConfig(top_k=10))
+    assert all(s.method == "full" for s in racer(archs[:10]))  # ten candidates for a top 10
+    scorer.measured = 0
+    raced = racer(archs[10:])
+    assert raced[-1].method == "full" and raced[-1] == _full_scores(_KnownErrorScorer(rates, 5000), archs)[-1]
+    assert {(s.method, s.images) for s in raced[:-1]} == {("racing", 200)}  # one rung of 2 batches
+    assert scorer.measured == 16 * 200 + 5000
+    alone = _KnownErrorScorer(rates, 5000)
+    assert sum(s.method == "full" for s in alone.race(archs[10:], RaceConfig(top_k=10))) >= 10
+    assert scorer.measured < 0.2 * alone.measured
+    assert sorted(leader.score.error for leader in racer.leaders)[0] == raced[-1].error
+
+
+def test_a_racer_keeps_the_top_ten_of_a_whole_search_for_less_than_per_batch_racing() -> None:
+    rates = list(np.linspace(0.2, 0.8, 128))
+    np.random.default_rng(1).shuffle(rates)
+    archs = [str(i) for i in range(128)]
+    full = _full_scores(_KnownErrorScorer(rates, 5000), archs)
+    batches = [archs[i : i + 16] for i in range(0, 128, 16)]
+    per_batch = _KnownErrorScorer(rates, 5000)
+    for batch in batches:
+        per_batch.race(batch, RaceConfig(top_k=10))
+    searching = _KnownErrorScorer(rates, 5000)
+    racer = Racer(searching, RaceConfig(top_k=10))
+    raced = [score for batch in batches for score in racer(batch)]
+    top = lambda scores: sorted(range(128), key=lambda i: (*rank_key(scores[i]), i))[:10]  # noqa: E731
+    assert top(raced) == top(full)
+    assert [leader.score.error for leader in racer.leaders] == sorted(full[i].error for i in top(full))
+    assert searching.measured < 0.5 * per_batch.measured
+
+
+def test_a_race_generates_each_candidates_weights_once(
+    net: SmashNet, small_synthetic: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archs = [sample(TINY, np.random.default_rng([8, i])) for i in range(8)]
+    scorer = _scorer(net, small_synthetic, z_draws=2)
+    generated: list[str] = []
+    real_generate = net.generate
+
+    def counting_generate(arch, *args, **kwargs):
+        generated.append(arch.hash)
+        return real_generate(arch, *args, **kwargs)
+
+    monkeypatch.setattr(net, "generate", counting_generate)
+    raced = scorer.race(archs, RaceConfig(top_k=2, first_images=40, min_survivors=3, margin_z=0))
+    assert max(s.images for s in raced) > 64  # survivors ran more than one rung
+    assert sorted(generated) == sorted(a.hash for a in archs for _ in range(2))
+    assert not scorer._weight_cache  # nothing held after the race
+    generated.clear()
+    survivor = next(a for a, s in zip(archs, raced) if s.method == "full")
+    assert scorer.score(survivor) == raced[archs.index(survivor)]  # cached weights, same numbers
+    assert generated == [survivor.hash] * 2
 
 
 def test_racing_survivors_score_exactly_as_full_scoring(net: SmashNet, small_synthetic: Dataset) -> None:
