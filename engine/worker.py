@@ -46,6 +46,7 @@ from engine.network import DerivedNet, build_model
 from engine.retrain import RetrainConfig, RetrainEpoch, RetrainResult, retrain
 from engine.score import (
     RaceConfig,
+    Racer,
     Score,
     ScoreConfig,
     Scorer,
@@ -53,7 +54,7 @@ from engine.score import (
     bn_recalibrated,
     recalibration_batches,
 )
-from engine.search import Result, SearchConfig, run_search
+from engine.search import Result, ScoreBatch, SearchConfig, run_search
 from engine.space import SearchSpace
 from engine.train import TrainConfig, build_smash, load_smash, train_hypernet
 
@@ -613,11 +614,9 @@ def run_search_job(
         True when the search ran to its end; False when it stopped on request.
     """
     scorer = _scorer(spec, params.score, device, hypernet_path)
+    score_batch: ScoreBatch
     if params.racing:
-
-        def score_batch(archs: Sequence[Architecture]) -> list[Score]:
-            return scorer.race(archs, params.race)
-
+        score_batch = Racer(scorer, params.race)  # every batch races against the best so far
     else:
         score_batch = scorer.score_many
     budget = params.search.budget

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from engine.score import ScoreConfig
+from engine.score import ScoreConfig, Scorer
 from engine.worker import score_method
 from smash_tui.cli import app
 from smash_tui.enqueue import enqueue_score
@@ -234,7 +234,18 @@ def test_events_of_the_demo_are_readable_one_liners(demo_db: str) -> None:
     assert all("\n" not in m for m in messages)
 
 
-def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(demo_db: str) -> None:
+def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(
+    demo_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every race of a search is handed the search's best survivors so far.
+    leaders_seen: list[int] = []
+    real_race = Scorer._race
+
+    def spying_race(self, archs, race, on_result, leaders):  # noqa: ANN001
+        leaders_seen.append(len(leaders))
+        return real_race(self, archs, race, on_result, leaders)
+
+    monkeypatch.setattr(Scorer, "_race", spying_race)
     with open_database(demo_db) as db:
         with db.session() as session:
             train = session.scalars(select(Job).where(Job.kind == "train")).one()
@@ -243,7 +254,7 @@ def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(demo_db: str) 
                 train.experiment_id,
                 "search",
                 {
-                    "search": {"architectures": 10, "batch": 10, "seed": 7},
+                    "search": {"architectures": 10, "batch": 5, "seed": 7},
                     "score": {"images": 64},
                     "racing": True,
                     "race": {"top_k": 2, "first_images": 16, "min_survivors": 2, "margin_z": 0},
@@ -274,6 +285,8 @@ def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(demo_db: str) 
             assert (rescored.method, rescored.z_draws, rescored.images) == (label, 2, 50)
             refreshed = session.get(Architecture, first.id, populate_existing=True)
             assert refreshed is not None and refreshed.latest_error == rescored.error
+        # Two batches of 5: the second raced against the first one's survivors.
+        assert leaders_seen == [0, 2]
 
 
 def test_every_command_has_help_and_bare_smash_prints_it(demo_db: str) -> None:
