@@ -322,6 +322,9 @@ class Scorer:
         anyone statistically tied with the k-th best: errors measured on `images` images
         have a binomial standard error, and dropping a candidate within `margin_z`
         combined standard errors of the k-th best could drop a true top-k member.
+        The floor hedges a k-th best that is itself a candidate measured on a slice;
+        when the k-th best is a leader (a known survivor), only the top k and the
+        candidates tied with it stay, so a lone Markov proposal can drop early too.
         """
         n = images * self.config.z_draws
         # (wrong, loss, candidate index or -1 for a leader, clipped rate, its variance);
