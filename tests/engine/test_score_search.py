@@ -121,6 +121,8 @@ def test_a_racer_drops_candidates_clearly_worse_than_earlier_survivors_after_the
     assert sum(s.method == "full" for s in alone.race(archs[10:], RaceConfig(top_k=10))) >= 10
     assert scorer.measured < 0.2 * alone.measured
     assert sorted(leader.score.error for leader in racer.leaders)[0] == raced[-1].error
+    # A lone candidate (a Markov step) races against the leaders too.
+    assert [(s.method, s.images) for s in racer(archs[-2:-1])] == [("racing", 200)]
 
 
 def test_a_racer_keeps_the_top_ten_of_a_whole_search_for_less_than_per_batch_racing() -> None:
