@@ -36,7 +36,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 def record(args: argparse.Namespace) -> None:
-    """Per-image correctness and loss of K architectures, as score_throughput draws them."""
+    """Per-image correctness and loss of K architectures, as score_throughput draws them.
+
+    The loop is Scorer._sums's (same weights, batches and autocast) keeping every
+    image's result instead of the device-side sums the engine needs.
+    """
     data = load_dataset(DataConfig(f"npz:{args.data}", val_size=args.val, split_seed=args.seed))
     space = get_preset(args.preset)
     torch.manual_seed(args.seed)
@@ -71,7 +75,7 @@ class ReplayScorer(Scorer):
         self.device = torch.device("cpu")
         self.num_images = wrong.shape[1]
         self._bn_cache = None
-        self._weight_cache = {}
+        self._weight_cache = None
         self.wrong, self.loss = wrong, loss
         self.measured = 0
 
@@ -144,6 +148,10 @@ def main() -> None:
     rep.add_argument("--batches", type=int, nargs="*", default=[64, 16])
     rep.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.command == "replay" and not args.records.is_file():
+        parser.error(f"no records at {args.records} (write them with: racing_replay.py record --out FILE)")
+    if args.command == "record" and not (args.data / "train.npz").is_file():
+        parser.error(f"no train.npz in {args.data} (--data DIR: a directory with train.npz and test.npz)")
     record(args) if args.command == "record" else replay(args)
 
 

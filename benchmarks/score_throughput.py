@@ -3,8 +3,8 @@
 Scores the same K random architectures twice with one SMASH network, once with full
 scoring (every architecture on every validation image) and once with racing
 (successive halving over validation images) in two ways: one race of all K, and racing
-as a search runs it (batches of `--search-batch`, each racing against the best full
-scores of the batches before it), and reports architectures per minute,
+as a search runs it (batches of `--search-batch`, each racing against the best
+survivors of the batches before it, on the same images), and reports architectures per minute,
 achieved GFLOP/s (counted with torch.utils.flop_counter: every architecture's derived
 network forward per image times the images it was scored on, plus the HyperNet), and
 whether racing returned the same top-k as full scoring.

@@ -201,7 +201,7 @@ class Scorer:
         self.labels = torch.cat(labels)[order]
         self.recalibration = recalibration_batches(train, config) if train is not None else []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        self._weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] = {}
+        self._weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] | None = None
 
     # One architecture --------------------------------------------------------------------
 
@@ -266,18 +266,19 @@ class Scorer:
         rungs: list[dict[int, tuple[float, float]]] = [{} for _ in range(n)]
         alive = list(range(n))
         results: dict[int, Score] = {}
+        # Recalibrated BN statistics and generated weights of the candidates still in
+        # the race, reused by later rungs instead of being computed again (they would
+        # come out the same): a candidate that survives three rungs is generated once.
+        weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] = {}
 
         def report(i: int, images: int, method: str) -> None:
             results[i] = self._to_score(sums[i], images, method)
             for draw in range(self.config.z_draws):
-                self._weight_cache.pop((archs[i], draw), None)
+                weight_cache.pop((archs[i], draw), None)  # a dropped candidate's weights go
             if on_result is not None:
                 on_result(archs[i], results[i])
 
-        # Recalibrated BN statistics and generated weights of the candidates still in
-        # the race, reused by later rungs instead of being computed again (they would
-        # come out the same): a candidate that survives three rungs is generated once.
-        self._bn_cache, self._weight_cache = {}, {}
+        self._bn_cache, self._weight_cache = {}, weight_cache
         try:
             done, target = 0, first
             while alive:
@@ -290,7 +291,7 @@ class Scorer:
                     totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
                 for i, (wrong, loss) in zip(alive, totals):
                     rungs[i][done] = (wrong, loss)
-                bar = [leader.rungs[done] for leader in leaders if done in leader.rungs]
+                bar = [leader.rungs[done] for leader in leaders]  # same scorer, same rung cuts
                 if len(alive) + len(bar) > race.top_k:
                     kept = self._survivors(alive, totals, bar, race, min_survivors, done)
                     for i in alive:
@@ -299,7 +300,7 @@ class Scorer:
                     alive = [i for i in alive if i in kept]
                 target = min(2 * target, self.num_images)
         finally:
-            self._bn_cache, self._weight_cache = None, {}
+            self._bn_cache, self._weight_cache = None, None
         for i in alive:
             report(i, self.num_images, "full")
         return [results[i] for i in range(n)], [Leader(results[i], rungs[i]) for i in alive]
@@ -377,13 +378,13 @@ class Scorer:
 
     def _weights(self, arch: Architecture, draw: int) -> list[torch.Tensor]:
         """Generated weights of one z draw; during a race, generated once per candidate."""
-        key = (arch, draw)
-        weights = self._weight_cache.get(key)
+        cache = self._weight_cache  # a dict only while racing
+        weights = cache.get((arch, draw)) if cache is not None else None
         if weights is None:
             generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
             weights = self.net.generate(arch, generator=generator)
-            if self._bn_cache is not None:  # only while racing
-                self._weight_cache[key] = weights
+            if cache is not None:
+                cache[(arch, draw)] = weights
         return weights
 
     def _slices(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
