@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--archs", type=int, default=100, help="architectures to score")
     parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--search-batch", type=int, default=64, help="candidates per race in the search mode (smash search --racing: 64)")
+    parser.add_argument("--search-batch", type=int, default=64, help="candidates per race in the search mode (smash search --racing: 64); 0 skips it")
     parser.add_argument("--progress", type=float, default=0.0, help="annealing progress the architectures are drawn at")
     parser.add_argument("--train-steps", type=int, default=200, help="HyperNet steps before scoring")
     parser.add_argument("--checkpoint", type=Path, default=None, help="score with this HyperNet checkpoint instead")
@@ -118,8 +118,9 @@ def main() -> None:
         racer = Racer(scorer, RaceConfig(top_k=args.top_k))
         return [s for first in range(0, len(archs), args.search_batch) for s in racer(archs[first : first + args.search_batch])]
 
-    searched, search_s = timed(search_race)
-    print(f"  racing in batches of {args.search_batch} took {search_s:.0f}s", flush=True)
+    searched, search_s = timed(search_race) if args.search_batch > 0 else (None, None)
+    if searched is not None:
+        print(f"  racing in batches of {args.search_batch} took {search_s:.0f}s", flush=True)
 
     def flops(scores) -> float:
         draws = config.z_draws
@@ -148,20 +149,25 @@ def main() -> None:
         "racing_images_fraction": sum(s.images for s in raced) / sum(s.images for s in full),
         "top10_equal": top(raced) == top(full),  # the same architectures in the same order
         "top10_overlap": len(set(top(raced)) & set(top(full))),
-        "search_batch": args.search_batch,
-        "search_racing_seconds": search_s,
-        "search_racing_archs_per_min": 60 * args.archs / search_s,
-        "search_racing_images_fraction": sum(s.images for s in searched) / sum(s.images for s in full),
-        "search_top10_equal": top(searched) == top(full),
-        "search_top10_overlap": len(set(top(searched)) & set(top(full))),
         "error_range": [min(s.error for s in full), max(s.error for s in full)],
         "original_archs_per_min": ORIGINAL_ARCHS_PER_MIN,
         # Per architecture, in sampling order: what each mode measured.
         "full_errors": [s.error for s in full],
         "racing_errors": [s.error for s in raced],
         "racing_images": [s.images for s in raced],
-        "search_racing_images": [s.images for s in searched],
     }
+    if searched is not None:
+        result.update(
+            {
+                "search_batch": args.search_batch,
+                "search_racing_seconds": search_s,
+                "search_racing_archs_per_min": 60 * args.archs / search_s,
+                "search_racing_images_fraction": sum(s.images for s in searched) / sum(s.images for s in full),
+                "search_top10_equal": top(searched) == top(full),
+                "search_top10_overlap": len(set(top(searched)) & set(top(full))),
+                "search_racing_images": [s.images for s in searched],
+            }
+        )
     result["racing_speedup"] = result["racing_archs_per_min"] / result["full_archs_per_min"]
     result["full_vs_original"] = result["full_archs_per_min"] / ORIGINAL_ARCHS_PER_MIN
     print(f"{space.name} preset, {args.archs} architectures, {scorer.num_images} validation images, {result['device']}")
@@ -169,9 +175,10 @@ def main() -> None:
     print(f"  full:   {result['full_archs_per_min']:7.2f} archs/min  {result['gflop_per_s']:7.1f} GFLOP/s  ({result['full_vs_original']:.2f}x the original's 2/min)")
     print(f"  racing: {result['racing_archs_per_min']:7.2f} archs/min  {result['racing_gflop_per_s']:7.1f} GFLOP/s  ({result['racing_speedup']:.2f}x full, {100 * result['racing_images_fraction']:.0f}% of the images)")
     print(f"  same top-{args.top_k}: {result['top10_equal']} ({result['top10_overlap']} of {args.top_k} in common)")
-    search_speedup = result["search_racing_archs_per_min"] / result["full_archs_per_min"]
-    print(f"  racing in batches of {args.search_batch}: {result['search_racing_archs_per_min']:7.2f} archs/min  ({search_speedup:.2f}x full, {100 * result['search_racing_images_fraction']:.0f}% of the images)")
-    print(f"  same top-{args.top_k}: {result['search_top10_equal']} ({result['search_top10_overlap']} of {args.top_k} in common)")
+    if searched is not None:
+        search_speedup = result["search_racing_archs_per_min"] / result["full_archs_per_min"]
+        print(f"  racing in batches of {args.search_batch}: {result['search_racing_archs_per_min']:7.2f} archs/min  ({search_speedup:.2f}x full, {100 * result['search_racing_images_fraction']:.0f}% of the images)")
+        print(f"  same top-{args.top_k}: {result['search_top10_equal']} ({result['search_top10_overlap']} of {args.top_k} in common)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
