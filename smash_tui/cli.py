@@ -10,15 +10,52 @@ SQLite file in the user data folder). Exit codes: 0 ok, 1 failure, 2 usage,
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from smash_tui import __version__
 from smash_tui.commands import browse, jobs, run, system, tui
 
+
+class _OneLineErrors(TyperGroup):
+    """The `smash` group, printing click's usage errors as one line instead of a box.
+
+    Typer renders a mistyped option or command as a multi-line panel; scripts and
+    users grepping logs get the same one-line ``error: ...`` as every other failure.
+    """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            # Not standalone: click raises its errors here instead of printing them.
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as error:  # click's errors, vendored by Typer
+            message = " ".join(error.format_message().split())
+            context = getattr(error, "ctx", None)  # usage errors know the command
+            hint = f" (try '{context.command_path} -h')" if context is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        # A command that returns normally gives None; typer.Exit(code) gives its code.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="smash",
+    cls=_OneLineErrors,
     help="One-shot neural architecture search with SMASH HyperNets.",
     add_completion=False,
     # Errors are one line (see smash_tui.commands.common); never a pretty traceback.

@@ -53,6 +53,11 @@ CASES = [
     (["worker", "--device", "cuda:7"], 2, "cuda:7"),
     (["worker", "--kinds", "train,bake"], 2, "unknown job kind(s) bake"),
     (["worker", "--heartbeat", "90"], 2, "must be shorter than the stale timeout"),
+    # click's own usage errors, one line like the rest
+    (["search", "--epochs", "abc"], 2, "Invalid value for '--epochs'"),
+    (["search", "--bogus"], 2, "No such option: --bogus"),
+    (["serch"], 2, "No such command 'serch'"),
+    (["show"], 2, "Missing argument"),
 ]
 
 
