@@ -198,7 +198,8 @@ def architecture_report(
         f" · experiment {experiment.id} ({experiment.name}) · hash {row.hash[:12]}\n",
         f"params {human(row.params)} ({row.params:,}) · FLOPs {human(row.flops)} per image · "
         f"depth {row.depth} · ops {row.ops} · found by {row.source} · "
-        f"SMASH error {percent(row.err)}% · retrained test accuracy {percent(row.acc)}%",
+        f"SMASH error {percent(row.err)}%{_partial_note(detail)} · "
+        f"retrained test accuracy {percent(row.acc)}%",
     )
     parts: list[RenderableType] = [summary, Text("")]
     parts.append(architecture_diagram(json.loads(detail.spec), image_size))
@@ -243,6 +244,13 @@ def architecture_report(
     return Group(*parts)
 
 
+def _partial_note(detail: ArchitectureDetail) -> str:
+    """Why an error is partial, when it is: racing dropped the candidate early."""
+    if not detail.row.partial or not detail.scores:
+        return ""
+    return f" (partial: racing dropped it after {detail.scores[-1].images:,} images)"
+
+
 def row_dict(row: ArchitectureRow) -> dict[str, Any]:
     """A browser row as JSON-able values (the keys of ``smash ls --json``)."""
     return asdict(row)
@@ -267,7 +275,7 @@ def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Tab
     for row in rows:
         table.add_row(
             str(row.id),
-            percent(row.err),
+            percent(row.err) + ("*" if row.partial else ""),
             percent(row.loss, 3),
             human(row.params),
             human(row.flops),
@@ -277,6 +285,10 @@ def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Tab
             row.retrain_state or "-",
             row.source,
         )
+    if any(row.partial for row in rows):
+        # Sorted by error, these follow every complete score (storage.queries).
+        table.caption = "* partial: racing dropped it after part of the validation images"
+        table.caption_justify = "left"
     return table
 
 

@@ -14,6 +14,7 @@ from typing import Any, Final
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -174,22 +175,37 @@ BROWSE_COLUMNS: Final = (
 )
 
 
+def browse_sort_key(sort_column: str) -> list[str]:
+    """The columns a browse page sorted by ``sort_column`` is ordered by, before ``id``.
+
+    Errors sort complete scores before partial ones (``latest_partial``): a
+    candidate that racing dropped after a slice of the validation images has an
+    error measured on other, fewer images, which must not outrank a complete one
+    (the engine's ``rank_key`` ranks the same way).
+    """
+    if sort_column == "id":
+        return []
+    if sort_column == "latest_error":
+        return ["latest_partial", "latest_error"]
+    return [sort_column]
+
+
 def browse_index_columns(sort_column: str) -> list[str]:
     """Key of the browse index for one sort column (``"id"`` or one of BROWSE_COLUMNS).
 
-    ``(experiment_id, <sort column>, id)`` gives the keyset order; the other
+    ``(experiment_id, <sort key>, id)`` gives the keyset order; the other
     browse columns follow so that filter terms are checked on the index entry,
     without reading the (large) row, while a page is scanned.
     """
-    order = ["experiment_id", "id"] if sort_column == "id" else ["experiment_id", sort_column, "id"]
-    return order + [column for column in BROWSE_COLUMNS if column != sort_column]
+    order = ["experiment_id", *browse_sort_key(sort_column), "id"]
+    return order + [column for column in BROWSE_COLUMNS if column not in order]
 
 
 class Architecture(Base):
     """A sampled architecture with denormalised columns for fast browsing.
 
-    ``latest_error``, ``latest_loss``, ``best_test_acc`` and ``retrain_state``
-    are kept up to date by ``storage.records`` so that a sorted, filtered page
+    ``latest_error``, ``latest_loss``, ``latest_partial``, ``best_test_acc`` and
+    ``retrain_state`` are kept up to date by ``storage.records`` so that a sorted, filtered page
     is one scan of a browse index (see ``browse_index_columns``). ``spec`` is
     the last column on purpose: it is the only large value, and SQLite reads a
     row's columns in order.
@@ -215,6 +231,9 @@ class Architecture(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     latest_error: Mapped[float | None] = mapped_column(Float)
     latest_loss: Mapped[float | None] = mapped_column(Float)
+    # Whether the newest score covers only part of the validation images (racing
+    # dropped the candidate early); None while unscored.
+    latest_partial: Mapped[bool | None] = mapped_column(Boolean)
     best_test_acc: Mapped[float | None] = mapped_column(Float)
     retrain_state: Mapped[str | None] = mapped_column(String)
     spec: Mapped[str] = mapped_column(Text)

@@ -12,8 +12,9 @@ err and acc, which are percentages anyway. Rows without a value for a field
 Pages are keyset-paginated: a page ends with a cursor holding the sort value
 and id of its last row, and the next page starts strictly after it. Every
 sort runs on a browse index ``(experiment_id, <column>, id, <other browse
-columns>)`` (see ``storage.models.browse_index_columns``), so a page is one
-index range scan that stops after ``limit`` rows. NULLs come last in both
+columns>)`` (see ``storage.models.browse_index_columns``; the error sort's
+key is ``(latest_partial, latest_error)``, complete scores first), so a page
+is one index range scan that stops after ``limit`` rows. NULLs come last in both
 directions: non-NULL and NULL rows are read by two range scans rather than
 one sort of the whole experiment.
 """
@@ -159,6 +160,9 @@ class ArchitectureRow:
     acc: float | None  # best test accuracy of a finished retrain, percent
     retrain_state: str | None  # queued, running, done, failed or None
     source: str  # how it was found
+    # err was measured on part of the validation images: racing dropped the candidate
+    # early (its error is on other, fewer images than complete scores); None if unscored
+    partial: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ class PageCursor:
     descending: bool  # the direction it was made for
     value: float | int | None  # sort value of the last row (None: it had none)
     id: int  # id of the last row
+    partial: bool | None = None  # err sort: whether the last row's error was partial
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,7 @@ _ROW_COLUMNS = (
     Architecture.best_test_acc,
     Architecture.retrain_state,
     Architecture.source,
+    Architecture.latest_partial,
 )
 
 
@@ -222,7 +228,9 @@ def list_architectures(
     """One page of an experiment's architectures, sorted and filtered.
 
     Rows are ordered by the sort field, then by id in the same direction;
-    rows without a value for the sort field come last, by id.
+    rows without a value for the sort field come last, by id. The error sort
+    puts complete scores before partial ones (racing's early drops) in
+    ascending order, and after them in descending order.
 
     Args:
         session: The caller's session.
@@ -246,6 +254,8 @@ def list_architectures(
             f"not {'-' if descending else ''}{key}"
         )
     column = COLUMNS[key]
+    # Errors sort complete scores first, then racing's partial ones (browse_sort_key).
+    key_columns: list[Any] = [Architecture.latest_partial, column] if key == "err" else [column]
     # PostgreSQL has statistics and picks the better index for a selective filter itself.
     steer_to = key if session.get_bind().dialect.name == "sqlite" else None
     base = select(*_ROW_COLUMNS).where(*_conditions(experiment_id, filter, steer_to))
@@ -255,10 +265,13 @@ def list_architectures(
     if after is None or after.value is not None:
         query = base.where(column.is_not(None))
         if after is not None:
-            position = tuple_(column, Architecture.id)
-            boundary = tuple_(after.value, after.id)
+            values = [after.partial, after.value] if key == "err" else [after.value]
+            position = tuple_(*key_columns, Architecture.id)
+            boundary = tuple_(*values, after.id)
             query = query.where(position < boundary if descending else position > boundary)
-        order = (column.desc(), Architecture.id.desc()) if descending else (column, Architecture.id)
+        order = [*key_columns, Architecture.id]
+        if descending:
+            order = [part.desc() for part in order]
         rows.extend(session.execute(query.order_by(*order).limit(wanted)).all())
     if len(rows) < wanted and column.expression.nullable:
         query = base.where(column.is_(None))
@@ -273,7 +286,7 @@ def list_architectures(
     if len(rows) > limit:
         last = page[-1]
         value = getattr(last, key)
-        next_after = PageCursor(key, descending, value, last.id)
+        next_after = PageCursor(key, descending, value, last.id, last.partial if key == "err" else None)
     return ArchitecturePage(page, next_after)
 
 

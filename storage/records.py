@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import ColumnElement, Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -266,8 +266,8 @@ def add_architectures(
 def add_scores(session: Session, rows: Iterable[ScoreIn]) -> None:
     """Insert scores, skipping any (architecture, checkpoint, method) already scored.
 
-    Also refreshes the architectures' ``latest_error`` and ``latest_loss`` from
-    their newest score.
+    Also refreshes the architectures' ``latest_error``, ``latest_loss`` and
+    ``latest_partial`` from their newest score.
 
     Args:
         session: The caller's session.
@@ -325,9 +325,23 @@ def _refresh_latest_scores(session: Session, architecture_ids: Sequence[int]) ->
         session.execute(
             update(Architecture)
             .where(Architecture.id.in_(chunk))
-            .values(latest_error=newest(Score.error), latest_loss=newest(Score.loss))
+            .values(
+                latest_error=newest(Score.error),
+                latest_loss=newest(Score.loss),
+                latest_partial=newest(is_partial(Score.method)),
+            )
             .execution_options(synchronize_session=False)
         )
+
+
+def is_partial(method: Any) -> ColumnElement[bool]:
+    """Whether a score's method marks it partial: racing dropped the candidate early.
+
+    Racing's dropped candidates are labelled "racing", or "racing+..." when the
+    scoring differed from one plain pass (``engine.worker.score_method``); its
+    survivors, scored on every image, are labelled "full" like any complete score.
+    """
+    return or_(method == "racing", method.like("racing+%"))
 
 
 def scored_hashes(

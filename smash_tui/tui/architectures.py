@@ -87,7 +87,8 @@ def row_cells(row: ArchitectureRow, marked: bool) -> list[tuple[str, str]]:
     return [
         ("●", "bold magenta") if marked else (" ", ""),
         (str(row.id), ""),
-        (fixed(row.err, 2), ""),
+        # A partial error (racing dropped the candidate early) is dimmed; it sorts last.
+        (fixed(row.err, 2), "dim" if row.partial else ""),
         (fixed(row.loss, 3), ""),
         (human(row.params), ""),
         (human(row.flops), ""),
@@ -106,6 +107,8 @@ def detail_renderable(detail: ArchitectureDetail) -> Group:
     head.append(f" · {row.source} · {row.hash[:12]}\n", style="dim")
     head.append("SMASH err ")
     head.append(f"{fixed(row.err)} %", style="bold")
+    if row.partial and detail.scores:
+        head.append(f" partial ({detail.scores[-1].images} images)", style="dim")
     scores = len(detail.scores)
     head.append(f"  loss {fixed(row.loss, 3)}  ({scores} score{'s' if scores != 1 else ''})\n")
     head.append(

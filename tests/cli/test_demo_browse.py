@@ -96,6 +96,7 @@ def test_ls_json_sorted_and_filtered(demo_db: str) -> None:
         "acc",
         "retrain_state",
         "source",
+        "partial",
     }
     smallest = min(r["params"] for r in rows)
     narrowed = json.loads(

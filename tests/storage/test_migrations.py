@@ -224,3 +224,62 @@ def test_concurrent_first_opens_migrate_once(db_url: str) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert results == [head_revision()] * 3
+
+
+def test_upgrade_from_0001_marks_racing_scores_partial(
+    db_url: str, tmp_path: Path, backend: str
+) -> None:
+    # A database as smash 0001 left it: the packaged migrations without the later ones.
+    old_scripts = tmp_path / "migrations-0001"
+    shutil.copytree(MIGRATIONS_DIR, old_scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    for later in (old_scripts / "versions").glob("*.py"):
+        if not later.name.startswith("0001"):
+            later.unlink()
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, redact_url(db_url), script_location=old_scripts)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO experiments (id, name, dataset, preset, search_space, config, "
+                    "seed, status, created_at) VALUES (1, 'old', 'synthetic', 'tiny', '{}', '{}', "
+                    "0, 'done', CURRENT_TIMESTAMP)"
+                )
+            )
+            for ident, spec in ((1, "raced"), (2, "full"), (3, "rescored"), (4, "unscored")):
+                connection.execute(
+                    text(
+                        "INSERT INTO architectures (id, experiment_id, hash, params, flops, depth, "
+                        "num_ops, source, created_at, spec) VALUES "
+                        "(:id, 1, :hash, 1, 1, 1, 1, 'random', CURRENT_TIMESTAMP, :spec)"
+                    ),
+                    {"id": ident, "hash": spec, "spec": spec},
+                )
+            # Scores in insertion order: architecture 3 raced first, then scored in full.
+            scores = ((1, "racing+z2"), (2, "full"), (3, "racing"), (3, "full+n100"))
+            for architecture, method in scores:
+                connection.execute(
+                    text(
+                        "INSERT INTO scores (architecture_id, error, loss, images, z_draws, "
+                        "method, created_at) VALUES (:a, 30, 1, 200, 1, :m, CURRENT_TIMESTAMP)"
+                    ),
+                    {"a": architecture, "m": method},
+                )
+        upgrade(engine, redact_url(db_url))
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == head_revision()
+            partial = connection.execute(
+                text("SELECT spec, latest_partial FROM architectures ORDER BY id")
+            ).all()
+            columns = [column["name"] for column in inspect(connection).get_columns("architectures")]
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    finally:
+        engine.dispose()
+    assert [(spec, None if flag is None else bool(flag)) for spec, flag in partial] == [
+        ("raced", True),
+        ("full", False),
+        ("rescored", False),
+        ("unscored", None),
+    ]
+    if backend == "sqlite":
+        assert columns[-1] == "spec"  # the rebuild keeps the large column last

@@ -132,7 +132,8 @@ def _populate(db: Database, experiment_id: int) -> None:
                     rng.random(),
                     256,
                     1,
-                    "full",
+                    # Some dropped early by racing: partial errors sort after complete ones.
+                    rng.choice(["full", "full", "racing", "racing+z2"]),
                     checkpoint,
                 )
                 for ident in scored
@@ -154,7 +155,10 @@ def _populate(db: Database, experiment_id: int) -> None:
 def _expected(rows: list[ArchitectureRow], key: str, descending: bool) -> list[int]:
     present = [row for row in rows if getattr(row, key) is not None]
     missing = [row for row in rows if getattr(row, key) is None]
-    present.sort(key=lambda row: (getattr(row, key), row.id), reverse=descending)
+    if key == "err":
+        present.sort(key=lambda row: (row.partial, row.err, row.id), reverse=descending)
+    else:
+        present.sort(key=lambda row: (getattr(row, key), row.id), reverse=descending)
     missing.sort(key=lambda row: row.id, reverse=descending)
     return [row.id for row in present + missing]
 
@@ -200,6 +204,9 @@ def test_keyset_paging_returns_every_row_once_in_order(db: Database, experiment_
     rows = _all_rows(db, experiment_id)
     assert len(rows) == N_ARCHITECTURES
     assert any(row.err is None for row in rows) and any(row.acc is not None for row in rows)
+    assert {row.partial for row in rows} == {None, False, True}
+    # A partial error below a complete one: sorting by err alone would interleave them.
+    assert min(row.err for row in rows if row.partial) < max(r.err for r in rows if r.partial is False)
     for key in FIELDS:
         for descending in (False, True):
             walked = _walk(db, experiment_id, sort=key, descending=descending)

@@ -142,6 +142,12 @@ def test_add_scores_is_idempotent_and_updates_latest(db: Database, experiment_id
         assert session.scalar(select(func.count()).select_from(Score)) == 3
         assert get_architecture(session, ids["h0000"]).latest_error == 40.0
         assert get_architecture(session, ids["h0001"]).latest_loss is None  # NaN stored as NULL
+        partial = {key: get_architecture(session, ident).latest_partial for key, ident in ids.items()}
+        assert partial == {"h0000": False, "h0001": False, "h0002": True}  # racing dropped h0002
+
+        # Rescored in full against a newer checkpoint, h0002 is no longer partial.
+        add_scores(session, [ScoreIn(ids["h0002"], 61.0, 2.4, 512, 1, "full", second, job_id)])
+        assert get_architecture(session, ids["h0002"]).latest_partial is False
 
         # A newer checkpoint's score becomes the latest; re-sending the old one changes nothing.
         add_scores(session, [ScoreIn(ids["h0000"], 30.0, 1.0, 512, 2, "full", second, job_id)])
@@ -149,10 +155,10 @@ def test_add_scores_is_idempotent_and_updates_latest(db: Database, experiment_id
         session.commit()
         architecture = get_architecture(session, ids["h0000"])
         assert (architecture.latest_error, architecture.latest_loss) == (30.0, 1.0)
-        assert session.scalar(select(func.count()).select_from(Score)) == 4
+        assert session.scalar(select(func.count()).select_from(Score)) == 5
 
         assert scored_hashes(session, experiment_id, first) == {"h0000", "h0001"}
-        assert scored_hashes(session, experiment_id, second) == {"h0000"}
+        assert scored_hashes(session, experiment_id, second) == {"h0000", "h0002"}
         assert scored_hashes(session, experiment_id, None) == {"h0002"}
         assert scored_hashes(session, experiment_id, None, method="full") == set()
 

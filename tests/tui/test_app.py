@@ -14,7 +14,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from smash_tui.app import SCREENS, SmashApp, screen_class
-from smash_tui.tui.architectures import ArchitecturesScreen
+from smash_tui.tui.architectures import GRID_COLUMNS, ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen
 from smash_tui.tui.dialogs import ConfirmDialog, HelpScreen, NewSearchDialog, RetrainDialog
 from smash_tui.tui.grid import Grid
@@ -24,7 +24,7 @@ from storage.db import open_database
 from storage.errors import StorageError
 from storage.models import Architecture, Job
 from storage.queries import list_architectures
-from storage.records import ArchitectureIn, add_architectures
+from storage.records import ArchitectureIn, ScoreIn, add_architectures, add_scores
 from tests.tui.conftest import FakeLauncher, FakeRunner, make_app, settle
 from tests.tui.fixtures import KNOWN_ERRORS, Fixture
 
@@ -206,6 +206,37 @@ async def test_detail_pane_shows_the_highlighted_architecture(
         assert f"Architecture {third}" in lines
         assert "block 1" in lines and "stem 3x3 conv" in lines
         assert "Scores" in lines
+
+
+async def test_a_partial_error_from_racing_is_dimmed_and_ranked_after_complete_ones(
+    fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
+) -> None:
+    # Racing dropped this candidate after 200 images with a lucky 5 %: below every
+    # complete score, but measured on other, fewer images.
+    raced = fixture.architecture_ids[-1]
+    db = open_database(fixture.url)
+    with db.session() as session:
+        add_scores(session, [ScoreIn(raced, 5.0, 0.2, images=200, z_draws=1, method="racing")])
+        session.commit()
+    db.dispose()
+    app = make_app(fixture, launcher, runner)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_browser(pilot)
+        table = screen.query_one("#arch-table", Grid)
+        shown = ids_shown(table)
+        assert shown[:2] == list(fixture.retrained_ids[:2])  # complete scores lead
+        # After the 37 complete scores, before the one architecture never scored.
+        assert shown.index(raced) == len(shown) - 2
+        err_column = [column.key for column in GRID_COLUMNS].index("err")
+        assert table._cells[shown.index(raced)][err_column] == ("5.00", "dim")
+        assert table._cells[0][err_column][1] == ""
+        await pilot.press("end", "up")
+        await pilot.pause(0.1)
+        await settle(pilot)
+        assert screen._detail_id == raced
+        assert "SMASH err 5.00 % partial (200 images)" in text_of(
+            screen.query_one("#arch-detail-text", Static)
+        )
 
 
 async def test_retrain_dialog_queues_a_job_with_the_chosen_settings(
