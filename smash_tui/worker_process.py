@@ -460,7 +460,10 @@ class Worker:
                     last_stale_check = time.monotonic()
                     for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
                         log.warning(
-                            "requeued job %d: its worker stopped sending heartbeats", job_id
+                            "took job %d from a worker that stopped sending heartbeats "
+                            "(requeued, or failed after %d lost workers)",
+                            job_id,
+                            queue.MAX_WORKERS_LOST,
                         )
             except Exception:  # noqa: BLE001 - a busy database must not kill the heartbeat
                 log.warning("heartbeat failed", exc_info=True)

@@ -126,6 +126,9 @@ class Job(Base):
     progress_text: Mapped[str] = mapped_column(String, default="", server_default="")
     eta_seconds: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Times the job was taken from a worker that stopped sending heartbeats (killed,
+    # out of memory, crashed); at MAX_WORKERS_LOST it fails instead of being requeued.
+    workers_lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(String)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)

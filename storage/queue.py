@@ -3,7 +3,7 @@
 Job states::
 
     queued --claim--> running --finish--> done
-      |  ^              |  |---fail-----> failed
+      |  ^              |  |---fail-----> failed (also requeue_stale, the MAX_WORKERS_LOST-th time)
       |  |              |  |---mark_cancelled / requeue_stale with a cancel request--> cancelled
       |  +--requeue-----+  +---mark_paused / requeue_stale with a pause request-----> paused
       +--request_pause--> paused --resume--> queued
@@ -61,6 +61,10 @@ CLAIM_BATCH = 8
 # A SQLite claim gives up after losing this many rounds in a row to other workers.
 CLAIM_ROUNDS = 50
 UNFINISHED_DEPENDENCY_STATES = ("queued", "paused")
+# A job whose workers stop responding this many times fails instead of being requeued
+# again: it most likely kills them (host out of memory, a crash in native code), and
+# requeueing it forever would take down every worker that claims it.
+MAX_WORKERS_LOST = 3
 
 
 @dataclass(frozen=True)
@@ -363,16 +367,20 @@ def heartbeat(
     return Control(request=_REQUESTS.get(row[0], "none"), taken_away=False)
 
 
-def requeue_stale(engine_or_db: Engine | Database, timeout_s: float) -> list[int]:
+def requeue_stale(
+    engine_or_db: Engine | Database, timeout_s: float, max_lost: int = MAX_WORKERS_LOST
+) -> list[int]:
     """Put running jobs whose worker stopped sending heartbeats back in the queue.
 
     A pending pause or cancel request is honoured instead (the job becomes
     paused or cancelled). The next worker resumes from
-    ``latest_checkpoint``.
+    ``latest_checkpoint``. A job that has now lost ``max_lost`` workers fails
+    (and the jobs that depend on it are cancelled).
 
     Args:
         engine_or_db: The database.
         timeout_s: Seconds without a heartbeat after which a job is stale.
+        max_lost: Lost workers after which a job fails instead of being requeued.
 
     Returns:
         Ids of the jobs taken away from their worker.
@@ -389,14 +397,28 @@ def requeue_stale(engine_or_db: Engine | Database, timeout_s: float) -> list[int
                 jobs.c.worker_id,
                 jobs.c.heartbeat_at,
                 jobs.c.requested,
+                jobs.c.workers_lost,
             ).where(jobs.c.state == "running", stale_condition)
         ).all()
         taken: list[int] = []
-        for job_id, experiment_id, worker_id, heartbeat_at, requested in stale:
-            state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", "queued")
-            values: dict[str, Any] = {"state": state, "worker_id": None, "requested": None}
-            if state == "cancelled":
+        for job_id, experiment_id, worker_id, heartbeat_at, requested, lost in stale:
+            lost += 1
+            again = "failed" if lost >= max_lost else "queued"
+            state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", again)
+            values: dict[str, Any] = {
+                "state": state,
+                "worker_id": None,
+                "requested": None,
+                "workers_lost": lost,
+            }
+            if state in ("cancelled", "failed"):
                 values["finished_at"] = now
+            if state == "failed":
+                values["eta_seconds"] = None
+                values["error"] = (
+                    f"its worker stopped responding {lost} times while running it "
+                    "(killed, out of memory or crashed?); see the worker logs"
+                )
             # Re-check staleness in the UPDATE: a heartbeat that lands in between wins.
             result = connection.execute(
                 update(jobs)
@@ -413,13 +435,14 @@ def requeue_stale(engine_or_db: Engine | Database, timeout_s: float) -> list[int
                 if heartbeat_at is None
                 else f"for {(now - heartbeat_at).total_seconds():.0f} s"
             )
+            outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
             _log(
                 connection,
                 job_id,
                 experiment_id,
-                f"job {job_id} {'requeued' if state == 'queued' else state}: "
+                f"job {job_id} {outcome.get(state, state)}: "
                 f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)",
-                "warning",
+                "error" if state == "failed" else "warning",
             )
         if taken:
             _cancel_orphans(connection)

@@ -15,6 +15,7 @@ from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError
 from storage.models import Event, Job, utcnow
 from storage.queue import (
+    MAX_WORKERS_LOST,
     alive_workers,
     claim,
     enqueue,
@@ -274,6 +275,32 @@ def test_stale_job_is_requeued_and_reclaimable(db: Database, experiment_id: int)
             finish(session, stale, worker_id="dead")
         finish(session, stale, worker_id="new")
         session.commit()
+
+
+def test_a_job_that_keeps_losing_its_worker_fails(db: Database, experiment_id: int) -> None:
+    job_id = _enqueue(db, experiment_id)
+    after = _enqueue(db, experiment_id, "search", depends_on=job_id)
+    for lost in range(1, MAX_WORKERS_LOST + 1):
+        worker = f"killed-{lost}"
+        assert claim(db, worker, kinds=["train"]) == job_id
+        if lost == 2:
+            # A worker shut down politely (SIGTERM) gives the job back: not a lost worker.
+            with db.session() as session:
+                requeue(session, job_id, worker_id=worker)
+                session.commit()
+            assert claim(db, worker, kinds=["train"]) == job_id
+        _age_heartbeat(db, job_id, 600)
+        assert requeue_stale(db, timeout_s=300) == [job_id]
+        job = _job(db, job_id)
+        assert job.workers_lost == lost
+        assert job.state == ("failed" if lost == MAX_WORKERS_LOST else "queued")
+    assert job.attempts == MAX_WORKERS_LOST + 1 and job.finished_at is not None
+    assert job.error is not None and job.error.startswith(
+        f"its worker stopped responding {MAX_WORKERS_LOST} times while running it"
+    )
+    assert _events(db, job_id)[-1].startswith(f"job {job_id} failed after 3 lost workers")
+    assert claim(db, "next") is None  # neither it nor the job waiting on it runs again
+    assert _job(db, after).state == "cancelled"
 
 
 def test_stale_job_with_cancel_request_is_cancelled(db: Database, experiment_id: int) -> None:
