@@ -8,6 +8,11 @@ fixture's own order the replay spends exactly the images a live run spends.
 
     python benchmarks/racing_replay.py record --out per_image.npz      # ~25 min on 2 cores
     python benchmarks/racing_replay.py replay per_image.npz --out replay.json
+    python benchmarks/racing_replay.py simulate per_image.npz --archs 500   # a model, seconds
+
+``simulate`` fits a per-architecture skill and per-image difficulty to the records
+and races fixtures of another size drawn from that model: what racing should save
+at a K too costly to record, checked against the recorded K first.
 """
 
 from __future__ import annotations
@@ -85,45 +90,126 @@ class ReplayScorer(Scorer):
         return torch.stack([self.wrong[i, start:stop].sum(), self.loss[i, start:stop].sum()]).float()
 
 
+def run_scheme(
+    wrong: torch.Tensor, loss: torch.Tensor, batch_size: int, top_k: int, batch: int | None
+) -> tuple[float, bool]:
+    """Race K recorded architectures as one scheme: (share of full scoring's images, exact top-k).
+
+    ``batch`` None races all K at once; a positive batch races a search's batches with
+    the earlier survivors as leaders (``Racer``); a negative one races batches alone.
+    """
+    k, n = wrong.shape
+    archs = [str(i) for i in range(k)]
+    race = RaceConfig(top_k=top_k)
+    scorer = ReplayScorer(wrong, loss, batch_size)
+    full = [scorer._to_score(torch.stack([wrong[i].sum(), loss[i].sum()]).float(), n, "full") for i in range(k)]
+    if batch is None:
+        scores = scorer.race(archs, race)
+    elif batch > 0:
+        racer = Racer(scorer, race)
+        scores = [s for first in range(0, k, batch) for s in racer(archs[first : first + batch])]
+    else:
+        scores = [s for first in range(0, k, -batch) for s in scorer.race(archs[first : first - batch], race)]
+
+    def top(ranked: list[Score]) -> set[int]:
+        return set(sorted(range(k), key=lambda i: (*rank_key(ranked[i]), i))[:top_k])
+
+    return scorer.measured / (k * n), top(scores) == top(full)
+
+
+def _schemes(batches: list[int], without_leaders: bool = True) -> dict[str, int | None]:
+    schemes: dict[str, int | None] = {"one race": None, **{f"search, batches of {b}": b for b in batches}}
+    if without_leaders:
+        schemes.update({f"batches of {b} without leaders": -b for b in batches})
+    return schemes
+
+
+def _summary(name: str, fractions: list[float], exact: int, top_k: int, first: str) -> dict[str, float]:
+    print(f"  {name:32s} images {100 * fractions[0]:5.1f}% ({first}), mean {100 * np.mean(fractions):5.1f}%, max {100 * np.max(fractions):5.1f}%; top-{top_k} exact in {exact}/{len(fractions)}")
+    return {
+        f"images_fraction_{first.replace(' ', '_')}": fractions[0],
+        "images_fraction_mean": float(np.mean(fractions)),
+        "images_fraction_max": float(np.max(fractions)),
+        "top_k_exact": exact / len(fractions),
+    }
+
+
 def replay(args: argparse.Namespace) -> None:
     records = np.load(args.records)
     wrong = torch.from_numpy(records["wrong"]).double()
     loss = torch.from_numpy(records["loss"]).double()
     batch_size = int(records["batch_size"]) if "batch_size" in records else 200
     k, n = wrong.shape
-    archs = [str(i) for i in range(k)]
-    race = RaceConfig(top_k=args.top_k)
-
-    def top(scores: list[Score]) -> list[int]:
-        return sorted(range(k), key=lambda i: (*rank_key(scores[i]), i))[: args.top_k]
-
-    schemes = {"one race": None, **{f"search, batches of {b}": b for b in args.batches}}
-    schemes.update({f"batches of {b} without leaders": -b for b in args.batches})
     result: dict[str, object] = {"k": k, "images": n, "orders": args.orders, "top_k": args.top_k}
-    for name, batch in schemes.items():
+    for name, batch in _schemes(args.batches).items():
         fractions, exact = [], 0
         for order_seed in range(args.orders):
             # Order 0 is the fixture's own scoring order; the rest are fresh shuffles.
             order = torch.arange(n) if order_seed == 0 else torch.randperm(n, generator=torch.Generator().manual_seed(order_seed))
-            scorer = ReplayScorer(wrong[:, order], loss[:, order], batch_size)
-            full = [scorer._to_score(torch.stack([wrong[i].sum(), loss[i].sum()]).float(), n, "full") for i in range(k)]
-            scorer.measured = 0
-            if batch is None:
-                scores = scorer.race(archs, race)
-            elif batch > 0:
-                racer = Racer(scorer, race)
-                scores = [s for first in range(0, k, batch) for s in racer(archs[first : first + batch])]
-            else:
-                scores = [s for first in range(0, k, -batch) for s in scorer.race(archs[first : first - batch], race)]
-            fractions.append(scorer.measured / (k * n))
-            exact += set(top(scores)) == set(top(full))
-        result[name] = {
-            "images_fraction_fixture_order": fractions[0],
-            "images_fraction_mean": float(np.mean(fractions)),
-            "images_fraction_max": float(np.max(fractions)),
-            "top_k_exact": exact / args.orders,
-        }
-        print(f"  {name:32s} images {100 * fractions[0]:5.1f}% (fixture order), mean {100 * np.mean(fractions):5.1f}%, max {100 * np.max(fractions):5.1f}%; top-{args.top_k} exact in {exact}/{args.orders} orders")
+            fraction, same = run_scheme(wrong[:, order], loss[:, order], batch_size, args.top_k, batch)
+            fractions.append(fraction)
+            exact += same
+        result[name] = _summary(name, fractions, exact, args.top_k, "fixture order")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+
+
+def fit_rasch(wrong: torch.Tensor, steps: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-architecture skill and per-image difficulty, P(wrong) = sigmoid(difficulty - skill).
+
+    The simplest model that keeps what racing depends on: how far apart the
+    architectures' error rates are, and that hard images are hard for all of them
+    (which makes their errors on the same slice move together).
+    """
+    skill = torch.zeros(wrong.shape[0], requires_grad=True)
+    difficulty = torch.zeros(wrong.shape[1], requires_grad=True)
+    optimiser = torch.optim.Adam([skill, difficulty], lr=0.05)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        p = torch.sigmoid(difficulty[None] - skill[:, None])
+        F.binary_cross_entropy(p, wrong).backward()
+        optimiser.step()
+    return skill.detach(), difficulty.detach()
+
+
+def simulate(args: argparse.Namespace) -> None:
+    """Racing on simulated fixtures of K architectures drawn from a model of the records.
+
+    A model, not a measurement: it tells what to expect at a K too costly to record
+    (K = 500, the original's count, is about 100 minutes of full scoring on 2 cores).
+    """
+    records = np.load(args.records)
+    wrong = torch.from_numpy(records["wrong"]).float()
+    loss = torch.from_numpy(records["loss"]).float()
+    batch_size = int(records["batch_size"]) if "batch_size" in records else 200
+    recorded_k, n = wrong.shape
+    skill, difficulty = fit_rasch(wrong)
+    # Per image, the mean recorded loss of a wrong and of a right answer (loss only
+    # breaks ties between equal error counts).
+    loss_wrong = (loss * wrong).sum(0) / wrong.sum(0).clamp(min=1)
+    loss_right = (loss * (1 - wrong)).sum(0) / (1 - wrong).sum(0).clamp(min=1)
+    result: dict[str, object] = {"recorded_k": recorded_k, "images": n, "fixtures": args.fixtures, "top_k": args.top_k}
+    for k in (recorded_k, args.archs):
+        label = f"K = {k}" + (" (the recorded K: checks the model)" if k == recorded_k else "")
+        print(f"{label}, {args.fixtures} simulated fixtures:")
+        per_k: dict[str, object] = {}
+        for name, batch in _schemes(args.batches, without_leaders=False).items():
+            fractions, exact = [], 0
+            for fixture in range(args.fixtures):
+                generator = torch.Generator().manual_seed(fixture)
+                # Skills resampled from the fitted ones, jittered so that K > recorded K
+                # does not repeat the same architectures.
+                drawn = skill[torch.randint(recorded_k, (k,), generator=generator)]
+                drawn = drawn + args.jitter * skill.std() * torch.randn(k, generator=generator)
+                p = torch.sigmoid(difficulty[None] - drawn[:, None])
+                simulated = torch.rand(p.shape, generator=generator) < p
+                losses = torch.where(simulated, loss_wrong, loss_right)
+                fraction, same = run_scheme(simulated.double(), losses.double(), batch_size, args.top_k, batch)
+                fractions.append(fraction)
+                exact += same
+            per_k[name] = _summary(name, fractions, exact, args.top_k, "first fixture")
+        result[f"k{k}"] = per_k
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
@@ -147,12 +233,20 @@ def main() -> None:
     rep.add_argument("--orders", type=int, default=20, help="image orders replayed (the first is the fixture's)")
     rep.add_argument("--batches", type=int, nargs="*", default=[64, 16])
     rep.add_argument("--out", type=Path, default=None)
+    sim = commands.add_parser("simulate", help="racing at another K, on fixtures drawn from a model of the records")
+    sim.add_argument("records", type=Path)
+    sim.add_argument("--archs", type=int, default=500, help="K of the simulated fixtures")
+    sim.add_argument("--fixtures", type=int, default=20)
+    sim.add_argument("--top-k", type=int, default=10)
+    sim.add_argument("--batches", type=int, nargs="*", default=[64])
+    sim.add_argument("--jitter", type=float, default=0.15, help="skill noise, in standard deviations of the fitted skills")
+    sim.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if args.command == "replay" and not args.records.is_file():
+    if args.command in ("replay", "simulate") and not args.records.is_file():
         parser.error(f"no records at {args.records} (write them with: racing_replay.py record --out FILE)")
     if args.command == "record" and not (args.data / "train.npz").is_file():
         parser.error(f"no train.npz in {args.data} (--data DIR: a directory with train.npz and test.npz)")
-    record(args) if args.command == "record" else replay(args)
+    {"record": record, "replay": replay, "simulate": simulate}[args.command](args)
 
 
 if __name__ == "__main__":
