@@ -30,7 +30,16 @@ from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.errors import FilterError, NotFoundError, StorageError
-from storage.models import Architecture, Event, Experiment, Job, Metric, Retrain, Score
+from storage.models import (
+    Architecture,
+    Event,
+    Experiment,
+    Job,
+    Metric,
+    Retrain,
+    Score,
+    browse_sort_key,
+)
 
 COLUMNS: Final[dict[str, InstrumentedAttribute[Any]]] = {
     "id": Architecture.id,
@@ -171,9 +180,15 @@ class PageCursor:
 
     sort: str  # the sort field the page was made for
     descending: bool  # the direction it was made for
-    value: float | int | None  # sort value of the last row (None: it had none)
+    # The last row's values of the sort's index key before id (browse_sort_key: empty for
+    # id, (partial, error) for err); a None sort value means the row had none.
+    key: tuple[Any, ...]
     id: int  # id of the last row
-    partial: bool | None = None  # err sort: whether the last row's error was partial
+
+    @property
+    def value_missing(self) -> bool:
+        """True when the last row had no value for the sort field (the NULL rows follow)."""
+        return bool(self.key) and self.key[-1] is None
 
 
 @dataclass(frozen=True)
@@ -254,20 +269,20 @@ def list_architectures(
             f"not {'-' if descending else ''}{key}"
         )
     column = COLUMNS[key]
-    # Errors sort complete scores first, then racing's partial ones (browse_sort_key).
-    key_columns: list[Any] = [Architecture.latest_partial, column] if key == "err" else [column]
+    # The browse index's order for this sort: errors put complete scores before
+    # racing's partial ones (storage.models.browse_sort_key).
+    key_columns = [getattr(Architecture, name) for name in browse_sort_key(column.key)]
     # PostgreSQL has statistics and picks the better index for a selective filter itself.
     steer_to = key if session.get_bind().dialect.name == "sqlite" else None
     base = select(*_ROW_COLUMNS).where(*_conditions(experiment_id, filter, steer_to))
     # One row beyond the page tells whether another page follows.
     wanted = limit + 1
     rows: list[Any] = []
-    if after is None or after.value is not None:
+    if after is None or not after.value_missing:
         query = base.where(column.is_not(None))
         if after is not None:
-            values = [after.partial, after.value] if key == "err" else [after.value]
             position = tuple_(*key_columns, Architecture.id)
-            boundary = tuple_(*values, after.id)
+            boundary = tuple_(*after.key, after.id)
             query = query.where(position < boundary if descending else position > boundary)
         order = [*key_columns, Architecture.id]
         if descending:
@@ -275,7 +290,7 @@ def list_architectures(
         rows.extend(session.execute(query.order_by(*order).limit(wanted)).all())
     if len(rows) < wanted and column.expression.nullable:
         query = base.where(column.is_(None))
-        if after is not None and after.value is None:
+        if after is not None and after.value_missing:
             query = query.where(
                 Architecture.id < after.id if descending else Architecture.id > after.id
             )
@@ -284,9 +299,10 @@ def list_architectures(
     page = tuple(ArchitectureRow(*row) for row in rows[:limit])
     next_after = None
     if len(rows) > limit:
-        last = page[-1]
-        value = getattr(last, key)
-        next_after = PageCursor(key, descending, value, last.id, last.partial if key == "err" else None)
+        last = rows[limit - 1]._mapping
+        next_after = PageCursor(
+            key, descending, tuple(last[c] for c in key_columns), last[Architecture.id]
+        )
     return ArchitecturePage(page, next_after)
 
 
