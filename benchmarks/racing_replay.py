@@ -134,11 +134,26 @@ def _summary(name: str, fractions: list[float], exact: int, top_k: int, first: s
     }
 
 
+def load_records(path: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-image (wrong, loss) as float tensors (K, N), and the scoring batch size.
+
+    Raises:
+        ValueError: The file is not records written by ``record``.
+    """
+    try:
+        with np.load(path) as records:
+            wrong, loss = records["wrong"], records["loss"]
+            batch_size = int(records["batch_size"]) if "batch_size" in records else 200
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise ValueError(f"{path} is not a records file written by racing_replay.py record ({exc})") from None
+    if wrong.ndim != 2 or wrong.shape != loss.shape:
+        raise ValueError(f"{path}: wrong {wrong.shape} and loss {loss.shape} must be the same (K, N)")
+    return torch.from_numpy(wrong).float(), torch.from_numpy(loss).float(), batch_size
+
+
 def replay(args: argparse.Namespace) -> None:
-    records = np.load(args.records)
-    wrong = torch.from_numpy(records["wrong"]).double()
-    loss = torch.from_numpy(records["loss"]).double()
-    batch_size = int(records["batch_size"]) if "batch_size" in records else 200
+    wrong, loss, batch_size = args.loaded
+    wrong, loss = wrong.double(), loss.double()
     k, n = wrong.shape
     result: dict[str, object] = {"k": k, "images": n, "orders": args.orders, "top_k": args.top_k}
     for name, batch in _schemes(args.batches).items():
@@ -179,10 +194,7 @@ def simulate(args: argparse.Namespace) -> None:
     A model, not a measurement: it tells what to expect at a K too costly to record
     (K = 500, the original's count, is about 100 minutes of full scoring on 2 cores).
     """
-    records = np.load(args.records)
-    wrong = torch.from_numpy(records["wrong"]).float()
-    loss = torch.from_numpy(records["loss"]).float()
-    batch_size = int(records["batch_size"]) if "batch_size" in records else 200
+    wrong, loss, batch_size = args.loaded
     recorded_k, n = wrong.shape
     skill, difficulty = fit_rasch(wrong)
     # Per image, the mean recorded loss of a wrong and of a right answer (loss only
@@ -244,6 +256,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.command in ("replay", "simulate") and not args.records.is_file():
         parser.error(f"no records at {args.records} (write them with: racing_replay.py record --out FILE)")
+    if args.command in ("replay", "simulate"):
+        try:
+            args.loaded = load_records(args.records)
+        except ValueError as exc:
+            parser.error(str(exc).splitlines()[0])
     if args.command == "record" and not (args.data / "train.npz").is_file():
         parser.error(f"no train.npz in {args.data} (--data DIR: a directory with train.npz and test.npz)")
     {"record": record, "replay": replay, "simulate": simulate}[args.command](args)
