@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from storage.errors import StorageError
 from storage.models import Job
 from storage.queue import enqueue
-from storage.records import get_architecture, set_retrain_state
+from storage.records import get_architecture
 
 
 def enqueue_retrain(
@@ -44,8 +44,7 @@ def enqueue_retrain(
         "retrain",
         {"architecture_id": architecture_id, "retrain": dict(retrain)},
         priority=priority,
-    )
-    set_retrain_state(session, [architecture_id], "queued")
+    )  # the queue marks the architecture's retrain queued in the browser
     return job
 
 

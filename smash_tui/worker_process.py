@@ -83,7 +83,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RetrainError,
     StorageError,
 )
-TERMINAL_STATES = ("done", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -554,23 +553,13 @@ class Worker:
                 else:
                     # Shutting down, or a pause withdrawn in the meantime: back to the queue.
                     job = queue.requeue(session, job.id, worker_id=self.worker_id)
-                self._retrain_stopped(session, context, job.state)
+                # The queue closes a cancelled retrain and updates the browser's state.
                 session.commit()
         except JobStateError as exc:
             log.warning("job %d: could not record its stop: %s", context.job_id, exc)
             return "lost"
         log.info("job %d (%s) stopped: now %s", context.job_id, context.kind, job.state)
         return job.state
-
-    def _retrain_stopped(self, session: Session, context: _JobContext, state: str) -> None:
-        if context.retrain_id is None:
-            return
-        retrain = records.get_retrain(session, context.retrain_id)
-        if state == "cancelled":
-            records.fail_retrain(session, retrain.id)
-            records.set_retrain_state(session, [retrain.architecture_id], None)
-        else:
-            records.set_retrain_state(session, [retrain.architecture_id], "queued")
 
     def _failed(self, context: _JobContext, exc: Exception) -> None:
         assert self.worker_id is not None
@@ -586,9 +575,9 @@ class Worker:
             log.warning("job %d: could not write its last metrics", context.job_id, exc_info=True)
         try:
             with self.db.session() as session:
-                queue.fail(session, context.job_id, message, worker_id=self.worker_id)
                 if context.retrain_id is not None:
                     records.fail_retrain(session, context.retrain_id)
+                queue.fail(session, context.job_id, message, worker_id=self.worker_id)
                 session.commit()
         except (JobStateError, StorageError) as error:
             log.warning("job %d: could not record its failure: %s", context.job_id, error)

@@ -8,6 +8,7 @@ Job states::
       |  +--requeue-----+  +---mark_paused / requeue_stale with a pause request-----> paused
       +--request_pause--> paused --resume--> queued
       +--request_cancel-> cancelled <--request_cancel-- paused
+    failed, cancelled --retry--> queued (with the dependants its end cancelled)
 
 A running job is never changed by the UI directly: ``request_pause`` and
 ``request_cancel`` set ``requested`` and the worker honours it between steps
@@ -49,12 +50,22 @@ from sqlalchemy.orm import Session
 
 from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError
-from storage.models import JOB_KINDS, Checkpoint, Event, Job, UTCDateTime, Worker, utcnow
-from storage.records import get_experiment, get_job
+from storage.models import (
+    JOB_KINDS,
+    Checkpoint,
+    Event,
+    Job,
+    Retrain,
+    UTCDateTime,
+    Worker,
+    utcnow,
+)
+from storage.records import get_experiment, get_job, refresh_retrain_states
 
 jobs = Job.__table__
 workers = Worker.__table__
 events = Event.__table__
+retrains = Retrain.__table__
 
 # How many queued candidates a SQLite claim tries before looking again.
 CLAIM_BATCH = 8
@@ -146,6 +157,43 @@ def _release_worker(executor: Executor, job_id: int) -> None:
     )
 
 
+def _retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
+    """Keep retrains and the browser's ``retrain_state`` in step with retrain jobs that moved.
+
+    A retrain job that ended without finishing (cancelled or failed, perhaps with no
+    worker involved) closes the retrain it had started, so none stays open forever;
+    its architecture then shows the state of its retrain jobs. Other kinds are ignored.
+    """
+    ids = list(job_ids)
+    if not ids:
+        return
+    moved = executor.execute(
+        select(jobs.c.id, jobs.c.state, jobs.c.params).where(
+            jobs.c.id.in_(ids), jobs.c.kind == "retrain"
+        )
+    ).all()
+    ended = [job_id for job_id, state, _ in moved if state in ("failed", "cancelled")]
+    if ended:
+        executor.execute(
+            update(retrains)
+            .where(retrains.c.job_id.in_(ended), retrains.c.finished_at.is_(None))
+            .values(finished_at=_now(executor))
+        )
+    refresh_retrain_states(
+        executor,
+        [
+            params["architecture_id"]
+            for _, _, params in moved
+            if isinstance(params, dict) and isinstance(params.get("architecture_id"), int)
+        ],
+    )
+
+
+def _orphan_reason(dependency_id: int) -> str:
+    """How the error of a job cancelled because its dependency ended begins."""
+    return f"cancelled: job {dependency_id}, which it depends on, "
+
+
 def _cancel_orphans(executor: Executor) -> list[int]:
     """Cancel waiting jobs whose dependency failed or was cancelled, transitively."""
     dependency = jobs.alias("dependency")
@@ -160,22 +208,21 @@ def _cancel_orphans(executor: Executor) -> list[int]:
         if not orphans:
             return cancelled
         for job_id, experiment_id, dependency_id, dependency_state in orphans:
-            reason = f"job {dependency_id}, which it depends on, {dependency_state}"
+            error = _orphan_reason(dependency_id) + dependency_state
             result = executor.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES))
                 .values(
                     state="cancelled",
                     requested=None,
-                    error=f"cancelled: {reason}",
+                    error=error,
                     finished_at=_now(executor),
                 )
             )
             if result.rowcount == 1:
                 cancelled.append(job_id)
-                _log(
-                    executor, job_id, experiment_id, f"job {job_id} cancelled: {reason}", "warning"
-                )
+                _log(executor, job_id, experiment_id, f"job {job_id} {error}", "warning")
+                _retrain_jobs_moved(executor, [job_id])
 
 
 def enqueue(
@@ -213,6 +260,7 @@ def enqueue(
     session.add(job)
     session.flush()
     _log(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
+    _retrain_jobs_moved(session, [job.id])
     return job
 
 
@@ -430,6 +478,7 @@ def requeue_stale(
                 continue
             taken.append(job_id)
             _release_worker(connection, job_id)
+            _retrain_jobs_moved(connection, [job_id])
             silent = (
                 "ever"
                 if heartbeat_at is None
@@ -497,6 +546,7 @@ def request_pause(session: Session, job_id: int) -> Job:
     if _set(session, job_id, ["queued"], {"state": "paused"}):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"job {job_id} paused")
+        _retrain_jobs_moved(session, [job_id])
         return job
     if _set(session, job_id, ["running"], {"requested": "pause"}, jobs.c.requested.is_(None)):
         job = _fresh(session, job_id)
@@ -518,6 +568,7 @@ def resume(session: Session, job_id: int) -> Job:
     if _set(session, job_id, ["paused"], {"state": "queued"}):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"job {job_id} resumed")
+        _retrain_jobs_moved(session, [job_id])
         return job
     if _set(session, job_id, ["running"], {"requested": None}, jobs.c.requested == "pause"):
         job = _fresh(session, job_id)
@@ -539,6 +590,7 @@ def request_cancel(session: Session, job_id: int) -> Job:
     if _set(session, job_id, ["queued", "paused"], cancelled):
         job = _fresh(session, job_id)
         _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
+        _retrain_jobs_moved(session, [job_id])
         _cancel_orphans(session)
         return job
     not_yet = or_(jobs.c.requested.is_(None), jobs.c.requested != "cancel")
@@ -550,6 +602,70 @@ def request_cancel(session: Session, job_id: int) -> Job:
     if job.state == "cancelled" or (job.state == "running" and job.requested == "cancel"):
         return job
     raise _refuse(job, "cancel", "it has already ended")
+
+
+def retry(session: Session, job_id: int) -> list[Job]:
+    """Queue a failed or cancelled job again, with the jobs that were cancelled because it ended.
+
+    The job keeps its progress and checkpoints, so the next worker resumes from the
+    latest checkpoint (a failure that is deterministic, such as a loss that diverges
+    at the same step, will recur). Its error, end time and count of lost workers are
+    cleared. Jobs that wait for it and were cancelled only because it ended are
+    queued again too, transitively; jobs the user cancelled stay cancelled. A job
+    whose own dependency failed or was cancelled cannot run, so it is refused: retry
+    the dependency instead.
+
+    Returns:
+        The jobs queued again, the retried job first.
+    """
+    job = _fresh(session, job_id)
+    if job.state not in ("failed", "cancelled"):
+        raise _refuse(job, "retry", "only failed or cancelled jobs can be retried")
+    if job.depends_on_id is not None:
+        dependency = _fresh(session, job.depends_on_id)
+        if dependency.state in ("failed", "cancelled"):
+            raise JobStateError(
+                f"cannot retry job {job_id}: job {dependency.id}, which it waits for, "
+                f"{dependency.state}; retry that one instead"
+            )
+    again = {
+        "state": "queued",
+        "requested": None,
+        "worker_id": None,
+        "error": None,
+        "finished_at": None,
+        "eta_seconds": None,
+        "workers_lost": 0,
+    }
+    if not _set(session, job_id, ["failed", "cancelled"], again):
+        raise _refuse(_fresh(session, job_id), "retry", "it changed in the meantime")
+    _log(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) queued again (retry)")
+    retried = [job_id]
+    waiting = [job_id]
+    while waiting:
+        dependency_id = waiting.pop(0)
+        cancelled_with_it = [
+            jobs.c.depends_on_id == dependency_id,
+            jobs.c.error.startswith(_orphan_reason(dependency_id), autoescape=True),
+        ]
+        dependants = session.execute(
+            select(jobs.c.id, jobs.c.experiment_id).where(
+                jobs.c.state == "cancelled", *cancelled_with_it
+            )
+        ).all()
+        for dependant_id, experiment_id in dependants:
+            if _set(session, dependant_id, ["cancelled"], again, *cancelled_with_it):
+                _log(
+                    session,
+                    dependant_id,
+                    experiment_id,
+                    f"job {dependant_id} queued again: job {dependency_id}, "
+                    "which it waits for, was retried",
+                )
+                retried.append(dependant_id)
+                waiting.append(dependant_id)
+    _retrain_jobs_moved(session, retried)
+    return [_fresh(session, ident) for ident in retried]
 
 
 def _worker_transition(
@@ -570,6 +686,7 @@ def _worker_transition(
             )
         raise _refuse(job, action, "only running jobs can be")
     _release_worker(session, job_id)
+    _retrain_jobs_moved(session, [job_id])
     return _fresh(session, job_id)
 
 
@@ -672,6 +789,7 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
             return requeue(session, job_id, worker_id=worker_id)
         raise _refuse(job, "requeue", "only running jobs can be")
     _release_worker(session, job_id)
+    _retrain_jobs_moved(session, [job_id])
     job = _fresh(session, job_id)
     _log(
         session,

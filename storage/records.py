@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Table, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -529,6 +529,54 @@ def set_retrain_state(session: Session, architecture_ids: Iterable[int], state: 
             .values(retrain_state=state)
             .execution_options(synchronize_session=False)
         )
+
+
+def refresh_retrain_states(
+    executor: Session | Connection, architecture_ids: Iterable[int]
+) -> None:
+    """Recompute the browse column ``retrain_state`` from the architectures' retrain jobs.
+
+    "running" while one of its retrain jobs runs, "queued" while one waits (queued or
+    paused); otherwise the outcome of its newest retrain job that was not cancelled
+    ("done" or "failed"), as if the cancelled ones had never been asked for; None when
+    there is none. The job queue calls this on every transition of a retrain job, so a
+    job cancelled or failed without its worker (while queued, or after its worker died)
+    leaves no stale state behind.
+
+    Args:
+        executor: The caller's session or connection.
+        architecture_ids: The architectures; unknown ids are ignored.
+    """
+    ids = sorted({int(ident) for ident in architecture_ids})
+    if not ids:
+        return
+    retrained = Job.params["architecture_id"].as_integer()
+    job_states: dict[int, list[tuple[int, str]]] = {ident: [] for ident in ids}
+    for chunk in _chunks(ids):
+        query = select(retrained, Job.id, Job.state).where(
+            Job.kind == "retrain", retrained.in_(chunk)
+        )
+        for architecture_id, job_id, state in executor.execute(query):
+            job_states[architecture_id].append((job_id, state))
+    by_state: dict[str | None, list[int]] = {}
+    for ident, found in job_states.items():
+        states = {state for _, state in found}
+        outcomes = sorted((job_id, state) for job_id, state in found if state in ("done", "failed"))
+        if "running" in states:
+            retrain_state: str | None = "running"
+        elif states & {"queued", "paused"}:
+            retrain_state = "queued"
+        else:
+            retrain_state = outcomes[-1][1] if outcomes else None
+        by_state.setdefault(retrain_state, []).append(ident)
+    for state, members in by_state.items():
+        for chunk in _chunks(members):
+            executor.execute(
+                update(Architecture)
+                .where(Architecture.id.in_(chunk))
+                .values(retrain_state=state)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def start_retrain(session: Session, architecture_id: int, job_id: int, *, epochs: int) -> Retrain:

@@ -31,10 +31,18 @@ from storage.queue import (
     requeue,
     requeue_stale,
     resume,
+    retry,
     stop_worker,
     worker_heartbeat,
 )
-from storage.records import add_checkpoint
+from storage.records import (
+    ArchitectureIn,
+    add_architectures,
+    add_checkpoint,
+    get_architecture,
+    get_retrain,
+    start_retrain,
+)
 
 
 def _enqueue(db: Database, experiment_id: int, kind: str = "train", **kwargs: object) -> int:
@@ -312,6 +320,142 @@ def test_stale_job_with_cancel_request_is_cancelled(db: Database, experiment_id:
     _age_heartbeat(db, job_id, 600)
     assert requeue_stale(db, timeout_s=60) == [job_id]
     assert _job(db, job_id).state == "cancelled"
+
+
+def _architecture(db: Database, experiment_id: int, name: str) -> int:
+    with db.session() as session:
+        row = ArchitectureIn(name, json.dumps({"name": name}), 1000, 10**6, 3, 4)
+        ident = add_architectures(session, experiment_id, [row])[name]
+        session.commit()
+        return ident
+
+
+def _retrain_job(db: Database, experiment_id: int, architecture_id: int, **kwargs: object) -> int:
+    with db.session() as session:
+        params = {"architecture_id": architecture_id, "retrain": {"epochs": 2}}
+        job = enqueue(session, experiment_id, "retrain", params, **kwargs)  # type: ignore[arg-type]
+        session.commit()
+        return job.id
+
+
+def _retrain_state(db: Database, architecture_id: int) -> str | None:
+    with db.session() as session:
+        return get_architecture(session, architecture_id).retrain_state
+
+
+def test_retrain_state_follows_retrain_jobs_that_end_without_a_worker(
+    db: Database, experiment_id: int
+) -> None:
+    # Cancelled while queued: the browser must not show "queued" forever.
+    waiting = _architecture(db, experiment_id, "waiting")
+    job_id = _retrain_job(db, experiment_id, waiting)
+    assert _retrain_state(db, waiting) == "queued"
+    with db.session() as session:
+        request_cancel(session, job_id)
+        session.commit()
+    assert _retrain_state(db, waiting) is None
+
+    # Paused halfway (its retrain row stays open to be resumed), then cancelled: the row closes.
+    paused = _architecture(db, experiment_id, "paused")
+    job_id = _retrain_job(db, experiment_id, paused)
+    assert claim(db, "w", kinds=["retrain"]) == job_id
+    with db.session() as session:
+        retrain_id = start_retrain(session, paused, job_id, epochs=2).id
+        request_pause(session, job_id)
+        mark_paused(session, job_id, worker_id="w")
+        session.commit()
+    assert _retrain_state(db, paused) == "queued"
+    with db.session() as session:
+        request_cancel(session, job_id)
+        session.commit()
+        assert get_retrain(session, retrain_id).finished_at is not None
+    assert _retrain_state(db, paused) is None
+
+    # Its worker died three times: failed, and the open retrain row is closed.
+    crashing = _architecture(db, experiment_id, "crashing")
+    job_id = _retrain_job(db, experiment_id, crashing)
+    for lost in range(1, MAX_WORKERS_LOST + 1):
+        assert claim(db, f"dead-{lost}", kinds=["retrain"]) == job_id
+        if lost == 1:
+            with db.session() as session:
+                retrain_id = start_retrain(session, crashing, job_id, epochs=2).id
+                session.commit()
+        _age_heartbeat(db, job_id, 600)
+        assert requeue_stale(db, timeout_s=60) == [job_id]
+        assert _retrain_state(db, crashing) == ("failed" if lost == MAX_WORKERS_LOST else "queued")
+    with db.session() as session:
+        assert get_retrain(session, retrain_id).finished_at is not None
+
+    # Cancelled because the job it waited for failed; a second, running retrain wins.
+    orphan = _architecture(db, experiment_id, "orphan")
+    train_id = _enqueue(db, experiment_id)
+    _retrain_job(db, experiment_id, orphan, depends_on=train_id)
+    other = _retrain_job(db, experiment_id, orphan)
+    assert claim(db, "w", kinds=["retrain"]) == other
+    assert claim(db, "w", kinds=["train"]) == train_id
+    with db.session() as session:
+        fail(session, train_id, "boom", worker_id="w")
+        session.commit()
+    assert _retrain_state(db, orphan) == "running"
+    with db.session() as session:
+        request_cancel(session, other)
+        mark_cancelled(session, other, worker_id="w")
+        session.commit()
+    assert _retrain_state(db, orphan) is None
+
+
+def test_retry_requeues_the_job_and_the_dependants_its_end_cancelled(
+    db: Database, experiment_id: int
+) -> None:
+    train_id = _enqueue(db, experiment_id)
+    search_id = _enqueue(db, experiment_id, "search", depends_on=train_id)
+    architecture = _architecture(db, experiment_id, "picked")
+    retrain_id = _retrain_job(db, experiment_id, architecture, depends_on=search_id)
+    user_cancelled = _enqueue(db, experiment_id, "score", depends_on=train_id)
+    with db.session() as session:
+        request_cancel(session, user_cancelled)
+        session.commit()
+    for lost in range(1, MAX_WORKERS_LOST + 1):
+        assert claim(db, f"dead-{lost}", kinds=["train"]) == train_id
+        _age_heartbeat(db, train_id, 600)
+        requeue_stale(db, timeout_s=60)
+    states = [_job(db, job_id).state for job_id in (train_id, search_id, retrain_id)]
+    assert states == ["failed", "cancelled", "cancelled"]
+    assert _retrain_state(db, architecture) is None
+
+    # A job waiting for a failed one cannot run: retry the failed one instead.
+    waiting_for_failed = f"retry job {search_id}: job {train_id}, which it waits for, failed"
+    with db.session() as session, pytest.raises(JobStateError, match=waiting_for_failed):
+        retry(session, search_id)
+
+    with db.session() as session:
+        retried = retry(session, train_id)
+        session.commit()
+    assert [job.id for job in retried] == [train_id, search_id, retrain_id]
+    for job_id in (train_id, search_id, retrain_id):
+        job = _job(db, job_id)
+        assert (job.state, job.error, job.finished_at, job.workers_lost) == ("queued", None, None, 0)
+    assert _job(db, user_cancelled).state == "cancelled"  # the user's own cancel stands
+    assert _retrain_state(db, architecture) == "queued"
+    assert _events(db, train_id)[-1] == f"job {train_id} (train) queued again (retry)"
+    assert _events(db, retrain_id)[-1] == (
+        f"job {retrain_id} queued again: job {search_id}, which it waits for, was retried"
+    )
+    # It runs again: the claim takes the retried job and its dependants in order.
+    assert claim(db, "alive", kinds=["train"]) == train_id
+    assert _job(db, train_id).attempts == MAX_WORKERS_LOST + 1
+
+    # Only ended jobs can be retried; a cancelled one can.
+    with db.session() as session:
+        with pytest.raises(JobStateError, match=f"cannot retry job {train_id}: it is running"):
+            retry(session, train_id)
+        with pytest.raises(JobStateError, match=f"cannot retry job {search_id}: it is queued"):
+            retry(session, search_id)
+        with pytest.raises(NotFoundError):
+            retry(session, 999_999)
+        assert [job.id for job in retry(session, user_cancelled)] == [user_cancelled]
+        session.commit()
+    assert _job(db, user_cancelled).state == "queued"
 
 
 def test_worker_registry(db: Database, experiment_id: int) -> None:
