@@ -102,6 +102,7 @@ app.command(rich_help_panel="Jobs")(jobs.jobs)
 app.command(rich_help_panel="Jobs")(jobs.pause)
 app.command(rich_help_panel="Jobs")(jobs.resume)
 app.command(rich_help_panel="Jobs")(jobs.cancel)
+app.command(rich_help_panel="Jobs")(jobs.retry)
 app.command(rich_help_panel="System")(system.info)
 app.command(rich_help_panel="System")(tui.tui)
 

@@ -1,4 +1,4 @@
-"""Commands on the job queue: ``jobs``, ``pause``, ``resume`` and ``cancel``."""
+"""Commands on the job queue: ``jobs``, ``pause``, ``resume``, ``cancel`` and ``retry``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from storage.models import JOB_STATES, Experiment, Job
 from storage.queries import list_jobs
 from storage.queue import request_cancel, request_pause
 from storage.queue import resume as resume_job
+from storage.queue import retry as retry_job
 
 JobArgument = Annotated[str, typer.Argument(help="Job id (see `smash jobs`).")]
 
@@ -110,3 +111,16 @@ def cancel(job: JobArgument, db: DbOption = None) -> None:
         found = request_cancel(session, job_id)
         session.commit()
     _report(found, "cancel")
+
+
+@command
+def retry(job: JobArgument, db: DbOption = None) -> None:
+    """Queue a failed or cancelled job again (from its last checkpoint), with the jobs its end cancelled."""
+    job_id = parse_id(job, "job")
+    database = open_db(db)
+    with database.session() as session:
+        retried = retry_job(session, job_id)
+        session.commit()
+    for found in retried:
+        waits = f", after job {found.depends_on_id}" if found.depends_on_id is not None else ""
+        stdout().print(f"job {found.id} ({found.kind}) is queued again{waits}")

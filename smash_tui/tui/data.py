@@ -43,7 +43,14 @@ from storage.queries import (
     metric_series,
     recent_events,
 )
-from storage.queue import WorkerInfo, alive_workers, request_cancel, request_pause, resume
+from storage.queue import (
+    WorkerInfo,
+    alive_workers,
+    request_cancel,
+    request_pause,
+    resume,
+    retry,
+)
 
 # Points drawn behind the Pareto front: a stride sample of all scored architectures.
 PARETO_BACKGROUND_POINTS: Final = 2000
@@ -339,3 +346,10 @@ class Store:
             job = _job_view(request_cancel(session, job_id))
             session.commit()
         return job
+
+    def retry(self, job_id: int) -> list[JobView]:
+        """Queue a failed or cancelled job again, with the jobs its end cancelled (it first)."""
+        with self.db.session() as session:
+            jobs = [_job_view(job) for job in retry(session, job_id)]
+            session.commit()
+        return jobs

@@ -1,4 +1,4 @@
-"""The Jobs view: every job with its state and progress; pause, resume and cancel."""
+"""The Jobs view: every job with its state and progress; pause, resume, cancel and retry."""
 
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ if TYPE_CHECKING:
 
 
 class JobsScreen(SmashScreen):
-    """All jobs (or the current experiment's), with pause (p), resume (r) and cancel (x)."""
+    """All jobs (or the current experiment's), with pause (p), resume or retry (r) and cancel (x)."""
 
     MODE = "jobs"
     AUTO_FOCUS = "#jobs-table"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "pause", "Pause", tooltip="pause the job (a running one at its next check)"),
-        Binding("r", "resume", "Resume", tooltip="queue a paused job again"),
+        Binding(
+            "r",
+            "resume",
+            "Resume/retry",
+            tooltip="queue a paused job again, or retry a failed or cancelled one",
+        ),
         Binding("x", "cancel", "Cancel", tooltip="cancel the job, after a confirmation"),
         Binding(
             "a", "toggle_all", "All/one", tooltip="all experiments' jobs, or the current one's"
@@ -131,10 +136,13 @@ class JobsScreen(SmashScreen):
             self._change(self.store, "pause", job.id)
 
     def action_resume(self) -> None:
-        """Queue the highlighted paused job again."""
+        """Queue the highlighted paused job again, or retry it when it failed or was cancelled."""
         job = self._current()
         if job is not None and self.store is not None:
-            self._change(self.store, "resume", job.id)
+            if job.state in ("failed", "cancelled"):
+                self._retry(self.store, job.id)
+            else:
+                self._change(self.store, "resume", job.id)
             self.smash.ensure_worker()
 
     def action_cancel(self) -> None:
@@ -172,6 +180,17 @@ class JobsScreen(SmashScreen):
             else ""
         )
         self.post_message(ActionDone(f"job {job.id} is {job.state}{pending}", payload=job))
+
+    @work(thread=True, group="job-actions", exit_on_error=False)
+    def _retry(self, store: Any, job_id: int) -> None:
+        try:
+            retried = store.retry(job_id)
+        except Exception as exc:  # JobStateError and friends: one line each
+            self.post_message(ActionFailed(str(exc)))
+            return
+        job, *dependants = retried
+        also = f", with {len(dependants)} job(s) waiting for it" if dependants else ""
+        self.post_message(ActionDone(f"job {job.id} is queued again{also}", payload=job))
 
     @on(ActionDone)
     def _done(self, message: ActionDone) -> None:

@@ -48,6 +48,8 @@ CASES = [
     (["resume", "999"], 1, "no job with id 999"),
     (["resume", "1"], 1, "cannot resume job 1: it is done"),
     (["cancel", "1"], 1, "cannot cancel job 1: it is done"),
+    (["retry", "999"], 1, "no job with id 999"),
+    (["retry", "1"], 1, "cannot retry job 1: it is done"),
     (["jobs", "--state", "sleeping"], 2, "unknown job state(s) sleeping"),
     (["worker", "--device", "tpu"], 2, "unknown device 'tpu'"),
     (["worker", "--device", "cuda:7"], 2, "cuda:7"),

@@ -307,6 +307,7 @@ def test_every_command_has_help_and_bare_smash_prints_it(demo_db: str) -> None:
         "pause",
         "resume",
         "cancel",
+        "retry",
         "info",
     ]
     for name in commands:

@@ -105,6 +105,32 @@ def test_failures_become_failed_jobs_with_one_line_errors(tmp_path: Path) -> Non
     assert worker.log_path is not None and "Traceback" in worker.log_path.read_text()
     db.dispose()
 
+    # The user removes the corrupt checkpoint and retries the job: it now succeeds, and the
+    # failed attempt stays on record beside the finished one.
+    garbage.unlink()
+    url = str(tmp_path / "smash.db")
+    retried = smash(url, "retry", str(corrupt))
+    assert retried.exit_code == 0, retried.stderr
+    assert retried.stdout.strip() == f"job {corrupt} (retrain) is queued again"
+    refused = smash(url, "retry", str(corrupt))
+    assert refused.exit_code == 1
+    assert refused.stderr.strip() == (
+        f"error: cannot retry job {corrupt}: it is queued "
+        "(only failed or cancelled jobs can be retried)"
+    )
+    db = open_database(url)
+    with db.session() as session:
+        assert session.get(Architecture, archs[1]).retrain_state == "queued"
+    assert Worker(db, WorkerConfig(device="cpu", once=True, heartbeat_s=0.2)).run() == 0
+    assert _job(db, corrupt).state == "done" and _job(db, corrupt).error is None
+    with db.session() as session:
+        query = select(Retrain.test_acc).where(Retrain.job_id == corrupt).order_by(Retrain.id)
+        failed_attempt, success = session.scalars(query).all()
+        assert failed_attempt is None and success is not None
+        architecture = session.get(Architecture, archs[1])
+        assert (architecture.retrain_state, architecture.best_test_acc) == ("done", success)
+    db.dispose()
+
 
 def test_two_workers_drain_a_queue_without_running_a_job_twice(tmp_path: Path) -> None:
     db = open_database(str(tmp_path / "smash.db"))

@@ -321,7 +321,7 @@ async def test_retrain_dialog_refuses_bad_values_inline(
     assert launcher.calls == []
 
 
-async def test_cancel_in_the_jobs_view_asks_then_cancels(
+async def test_cancel_in_the_jobs_view_asks_then_cancels_and_r_retries(
     fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
 ) -> None:
     app = make_app(fixture, launcher, runner)
@@ -352,6 +352,17 @@ async def test_cancel_in_the_jobs_view_asks_then_cancels(
         await settle(pilot)
         search = jobs_in_db(fixture)[fixture.search_job_id - 1]
         assert (search.state, search.requested) == ("running", "cancel")
+        # Cancelled by mistake: r retries it, and a worker is started for it.
+        queued_index = [key.value for key in table.rows].index(str(fixture.queued_job_id))
+        table.move_cursor(row=queued_index)
+        await pilot.press("r")
+        await settle(pilot)
+        assert jobs_in_db(fixture)[fixture.queued_job_id - 1].state == "queued"
+        assert "queued" in [str(cell) for cell in table.get_row(str(fixture.queued_job_id))]
+        assert any(
+            n.message == f"job {fixture.queued_job_id} is queued again" for n in app._notifications
+        )
+        assert launcher.calls == [fixture.url]
 
 
 async def test_pause_and_resume_in_the_jobs_view(
