@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.cost import architecture_cost  # noqa: E402
-from engine.data import DataConfig, DeviceImages, load_dataset  # noqa: E402
+from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
 from engine.network import SmashNet  # noqa: E402
 from engine.sampler import sample  # noqa: E402
@@ -81,7 +81,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    data = load_dataset(DataConfig(f"npz:{args.data}", val_size=args.val, split_seed=args.seed))
+    try:
+        data = load_dataset(DataConfig(f"npz:{args.data}", val_size=args.val, split_seed=args.seed))
+    except DatasetError as error:  # a wrong --data: one line, not a traceback
+        sys.exit(f"error: {error}")
     space = get_preset(args.preset)
     started = time.perf_counter()
     if args.checkpoint is not None:
