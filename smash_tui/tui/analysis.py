@@ -252,6 +252,10 @@ class ParetoScreen(_Polled):
         stats = Text()
         stats.append(f"{len(data.front)} on the front", style="bold")
         stats.append(f" of {data.scored:,} scored · SMASH error against {label}")
+        partial = sum(1 for row in data.front if row.partial)
+        if partial:
+            # Racing dropped these early: their errors come from fewer, other images.
+            stats.append(f" · {partial} partial (dimmed)", style="yellow")
         stats.append(" · c: params/FLOPs · r: retrain the front", style="dim")
         self.query_one("#pareto-stats", StatusLine).text = stats
         cost_of = (lambda row: row.params) if data.cost == "params" else (lambda row: row.flops)
@@ -281,7 +285,7 @@ class ParetoScreen(_Polled):
                     [
                         " ",
                         str(row.id),
-                        fixed(row.err),
+                        Text(fixed(row.err), style="dim" if row.partial else ""),
                         human(cost_of(row)),
                         fixed(row.acc),
                         Text(*row_cells(row, False)[-1]),  # the retrain state, styled as in the browser

@@ -237,6 +237,13 @@ async def test_a_partial_error_from_racing_is_dimmed_and_ranked_after_complete_o
         assert "SMASH err 5.00 % partial (200 images)" in text_of(
             screen.query_one("#arch-detail-text", Static)
         )
+        # Its lucky error puts it on the Pareto front, where it is dimmed and counted.
+        await pilot.press("5")
+        await settle(pilot)
+        front = app.screen.query_one("#pareto-table", DataTable)
+        err = front.get_row(str(raced))[2]
+        assert isinstance(err, Text) and (err.plain, str(err.style)) == ("5.00", "dim")
+        assert "1 partial (dimmed)" in str(app.screen.query_one("#pareto-stats", StatusLine).text)
 
 
 async def test_retrain_dialog_queues_a_job_with_the_chosen_settings(
