@@ -33,6 +33,9 @@ def correlation_text(data: ProxyData) -> Text:
     text.append("  ·  Spearman ρ ", style="bold")
     text.append(fixed(corr.spearman_rho), style="bold cyan")
     text.append(f"  ·  {corr.pairs} pair{'s' if corr.pairs != 1 else ''}")
+    if corr.tau_chance_sd is not None:
+        # How far tau strays from 0 by chance alone over this many pairs.
+        text.append(f"  ·  chance alone ±{corr.tau_chance_sd:.2f}")
     if corr.pairs < 2:
         text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
     elif corr.kendall_tau is not None:

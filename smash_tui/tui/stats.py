@@ -23,6 +23,7 @@ class Correlation:
     pairs: int  # number of (x, y) pairs
     kendall_tau: float | None  # tau-b in [-1, 1]; None with fewer than 2 pairs or a constant side
     spearman_rho: float | None  # rho in [-1, 1]; None with fewer than 2 pairs or a constant side
+    tau_chance_sd: float | None  # tau's spread between unrelated rankings; None with fewer than 2 pairs
 
 
 def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -54,6 +55,18 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     if denominator == 0:
         return None
     return (concordant - discordant) / denominator
+
+
+def tau_chance_sd(pairs: int) -> float | None:
+    """Standard deviation of Kendall's tau between two unrelated rankings of ``pairs`` items.
+
+    Each retrain costs minutes, so the proxy is judged on few pairs, where chance
+    alone moves tau a lot: over 10 pairs this is 0.25, so a tau of 0.2 there says
+    little. Exact for rankings without ties (Kendall, 1938).
+    """
+    if pairs < 2:
+        return None
+    return math.sqrt(2 * (2 * pairs + 5) / (9 * pairs * (pairs - 1)))
 
 
 def ranks(values: Sequence[float]) -> list[float]:
@@ -99,7 +112,7 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> Correlation:
         xs: First values.
         ys: Second values, paired with ``xs`` by position.
     """
-    return Correlation(len(xs), kendall_tau(xs, ys), spearman_rho(xs, ys))
+    return Correlation(len(xs), kendall_tau(xs, ys), spearman_rho(xs, ys), tau_chance_sd(len(xs)))
 
 
 def pareto_front(points: Sequence[tuple[float, float, _T]]) -> list[tuple[float, float, _T]]:

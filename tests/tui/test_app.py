@@ -499,6 +499,7 @@ async def test_proxy_view_shows_kendall_tau_for_known_ranks(
         assert "Kendall τ -0.80" in stats
         assert "Spearman ρ -0.90" in stats
         assert "5 pairs" in stats
+        assert "chance alone ±0.41" in stats  # sqrt(2 (2n + 5) / (9 n (n - 1))) for n = 5
         table = app.screen.query_one("#proxy-table", DataTable)
         assert [key.value for key in table.rows] == [str(i) for i in fixture.retrained_ids]
         assert not app.screen.query_one("#proxy-chart").has_class("-empty")

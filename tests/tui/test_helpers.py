@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -14,7 +15,14 @@ from smash_tui.tui import forms, processes
 from smash_tui.tui.format import duration, human, progress_bar, state_text
 from smash_tui.tui.forms import FormError, parse_retrain, parse_search
 from smash_tui.tui.spec_view import op_line, spec_diagram
-from smash_tui.tui.stats import correlation, kendall_tau, pareto_front, ranks, spearman_rho
+from smash_tui.tui.stats import (
+    correlation,
+    kendall_tau,
+    pareto_front,
+    ranks,
+    spearman_rho,
+    tau_chance_sd,
+)
 from smash_tui.tui.widgets import log_ticks
 from tests.tui.fixtures import KNOWN_ACCS, KNOWN_ERRORS, random_spec
 
@@ -54,6 +62,24 @@ def test_correlations_are_undefined_without_two_pairs_or_with_a_constant_side() 
     assert correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).kendall_tau is None
     with pytest.raises(ValueError, match="differ in length"):
         kendall_tau([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("pairs", [3, 10, 25])
+def test_tau_chance_sd_is_the_spread_of_tau_between_unrelated_rankings(pairs: int) -> None:
+    rng = random.Random(pairs)
+    xs = [float(i) for i in range(pairs)]
+    taus = []
+    for _ in range(3000):
+        ys = xs[:]
+        rng.shuffle(ys)
+        tau = kendall_tau(xs, ys)
+        assert tau is not None
+        taus.append(tau)
+    spread = math.sqrt(sum(t * t for t in taus) / len(taus))
+    expected = tau_chance_sd(pairs)
+    assert expected is not None and spread == pytest.approx(expected, rel=0.05)
+    assert correlation(xs, xs).tau_chance_sd == expected
+    assert tau_chance_sd(1) is None and correlation([], []).tau_chance_sd is None
 
 
 def test_ranks_average_ties() -> None:
