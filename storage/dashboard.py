@@ -116,17 +116,26 @@ class ProxyPair:
     id: int  # architecture id
     err: float  # SMASH error of its newest score, percent
     acc: float  # best test accuracy of a finished retrain, percent
+    partial: bool = False  # the error is racing's, measured on part of the validation images
 
 
 def proxy_pairs(session: Session, experiment_id: int) -> list[ProxyPair]:
     """The experiment's architectures that have both a score and a finished retrain, by id."""
     rows = session.execute(
-        select(Architecture.id, Architecture.latest_error, Architecture.best_test_acc)
+        select(
+            Architecture.id,
+            Architecture.latest_error,
+            Architecture.best_test_acc,
+            Architecture.latest_partial,
+        )
         .where(Architecture.experiment_id == experiment_id)
         .where(Architecture.best_test_acc.is_not(None), Architecture.latest_error.is_not(None))
         .order_by(Architecture.id)
     )
-    return [ProxyPair(ident, float(err), float(acc)) for ident, err, acc in rows]
+    return [
+        ProxyPair(ident, float(err), float(acc), bool(partial))
+        for ident, err, acc, partial in rows
+    ]
 
 
 def scored_costs(

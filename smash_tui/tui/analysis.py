@@ -36,6 +36,10 @@ def correlation_text(data: ProxyData) -> Text:
     if corr.tau_chance_sd is not None:
         # How far tau strays from 0 by chance alone over this many pairs.
         text.append(f"  ·  chance alone ±{corr.tau_chance_sd:.2f}")
+    partial = sum(1 for pair in data.pairs if pair.partial)
+    if partial:
+        # Racing dropped these early: their errors come from fewer, other images.
+        text.append(f"  ·  {partial} partial (dimmed)", style="yellow")
     if corr.pairs < 2:
         text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
     elif corr.kendall_tau is not None:
@@ -179,7 +183,12 @@ class ProxyScreen(_Polled):
             [
                 (
                     str(pair.id),
-                    [str(pair.id), fixed(pair.err), fixed(pair.acc), f"{er:g} / {ar:g}"],
+                    [
+                        str(pair.id),
+                        Text(fixed(pair.err), style="dim" if pair.partial else ""),
+                        fixed(pair.acc),
+                        f"{er:g} / {ar:g}",
+                    ],
                 )
                 for pair, er, ar in ordered
             ],

@@ -135,7 +135,14 @@ def test_proxy_pairs_need_score_and_retrain(db: Database, experiment_id: int) ->
     _retrain(db, experiment_id, ids[1], 50.0)  # never scored: no pair
     with db.session() as session:
         pairs = proxy_pairs(session, experiment_id)
-    assert [(pair.id, pair.err, pair.acc) for pair in pairs] == [(ids[0], 20.0, 91.5)]
+    assert [(pair.id, pair.err, pair.acc, pair.partial) for pair in pairs] == [
+        (ids[0], 20.0, 91.5, False)
+    ]
+    # Rescored by a race that dropped it early: the pair says its error is partial.
+    with db.session() as session:
+        add_scores(session, [ScoreIn(ids[0], 15.0, 1.0, images=5, z_draws=1, method="racing")])
+        session.commit()
+        assert [(p.err, p.partial) for p in proxy_pairs(session, experiment_id)] == [(15.0, True)]
 
 
 def test_scored_costs_sorted_by_cost_and_skip_unscored(db: Database, experiment_id: int) -> None:

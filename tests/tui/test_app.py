@@ -487,6 +487,28 @@ async def test_a_failing_smash_command_is_one_notification(
     assert args == ["export", str(fixture.retrained_ids[0]), "/tmp/x"]
 
 
+async def test_proxy_view_dims_a_retrained_architecture_whose_error_is_partial(
+    fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
+) -> None:
+    raced = fixture.retrained_ids[0]
+    db = open_database(fixture.url)
+    with db.session() as session:
+        add_scores(session, [ScoreIn(raced, 5.0, 0.2, images=200, z_draws=1, method="racing")])
+        session.commit()
+    db.dispose()
+    app = make_app(fixture, launcher, runner)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await settle(pilot)
+        assert "1 partial (dimmed)" in text_of(app.screen.query_one("#proxy-stats", StatusLine))
+        table = app.screen.query_one("#proxy-table", DataTable)
+        err = table.get_row(str(raced))[1]
+        assert isinstance(err, Text) and (err.plain, str(err.style)) == ("5.00", "dim")
+        others = [table.get_row(key)[1] for key in table.rows if key.value != str(raced)]
+        assert others and all(str(cell.style) == "" for cell in others)
+
+
 async def test_proxy_view_shows_kendall_tau_for_known_ranks(
     fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
 ) -> None:
