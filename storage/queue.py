@@ -206,6 +206,7 @@ def _cancel_orphans(executor: Executor) -> list[int]:
             .where(dependency.c.state.in_(("failed", "cancelled")))
         ).all()
         if not orphans:
+            _retrain_jobs_moved(executor, cancelled)
             return cancelled
         for job_id, experiment_id, dependency_id, dependency_state in orphans:
             error = _orphan_reason(dependency_id) + dependency_state
@@ -222,7 +223,6 @@ def _cancel_orphans(executor: Executor) -> list[int]:
             if result.rowcount == 1:
                 cancelled.append(job_id)
                 _log(executor, job_id, experiment_id, f"job {job_id} {error}", "warning")
-                _retrain_jobs_moved(executor, [job_id])
 
 
 def enqueue(

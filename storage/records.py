@@ -522,8 +522,14 @@ def set_retrain_state(session: Session, architecture_ids: Iterable[int], state: 
         raise StorageError(f"unknown retrain state {state!r} (one of {', '.join(RETRAIN_STATES)})")
     ids = sorted(set(architecture_ids))
     _require_ids(session, Architecture.id, ids, "architecture")
-    for chunk in _chunks(ids):
-        session.execute(
+    _write_retrain_state(session, ids, state)
+
+
+def _write_retrain_state(
+    executor: Session | Connection, architecture_ids: Sequence[int], state: str | None
+) -> None:
+    for chunk in _chunks(architecture_ids):
+        executor.execute(
             update(Architecture)
             .where(Architecture.id.in_(chunk))
             .values(retrain_state=state)
@@ -561,22 +567,19 @@ def refresh_retrain_states(
     by_state: dict[str | None, list[int]] = {}
     for ident, found in job_states.items():
         states = {state for _, state in found}
-        outcomes = sorted((job_id, state) for job_id, state in found if state in ("done", "failed"))
+        newest_outcome = max(
+            ((job_id, state) for job_id, state in found if state in ("done", "failed")),
+            default=None,
+        )
         if "running" in states:
             retrain_state: str | None = "running"
         elif states & {"queued", "paused"}:
             retrain_state = "queued"
         else:
-            retrain_state = outcomes[-1][1] if outcomes else None
+            retrain_state = newest_outcome[1] if newest_outcome else None
         by_state.setdefault(retrain_state, []).append(ident)
     for state, members in by_state.items():
-        for chunk in _chunks(members):
-            executor.execute(
-                update(Architecture)
-                .where(Architecture.id.in_(chunk))
-                .values(retrain_state=state)
-                .execution_options(synchronize_session=False)
-            )
+        _write_retrain_state(executor, members, state)
 
 
 def start_retrain(session: Session, architecture_id: int, job_id: int, *, epochs: int) -> Retrain:

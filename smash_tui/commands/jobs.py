@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import typer
 from sqlalchemy import select
@@ -29,6 +30,7 @@ from storage.queue import resume as resume_job
 from storage.queue import retry as retry_job
 
 JobArgument = Annotated[str, typer.Argument(help="Job id (see `smash jobs`).")]
+_Result = TypeVar("_Result")
 
 
 @command
@@ -80,47 +82,38 @@ def _report(job: Job, asked: str) -> None:
         stdout().print(f"job {job.id} ({job.kind}) is {job.state}")
 
 
+def _apply(
+    job: str, db: str | None, transition: Callable[[Session, int], _Result]
+) -> _Result:
+    """Run one queue transition on job JOB and commit it."""
+    job_id = parse_id(job, "job")
+    with open_db(db).session() as session:
+        result = transition(session, job_id)
+        session.commit()
+    return result
+
+
 @command
 def pause(job: JobArgument, db: DbOption = None) -> None:
     """Pause a job: a queued one at once, a running one after its current step (checkpointed)."""
-    job_id = parse_id(job, "job")
-    database = open_db(db)
-    with database.session() as session:
-        found = request_pause(session, job_id)
-        session.commit()
-    _report(found, "pause")
+    _report(_apply(job, db, request_pause), "pause")
 
 
 @command
 def resume(job: JobArgument, db: DbOption = None) -> None:
     """Queue a paused job again (it resumes from its checkpoint)."""
-    job_id = parse_id(job, "job")
-    database = open_db(db)
-    with database.session() as session:
-        found = resume_job(session, job_id)
-        session.commit()
-    _report(found, "resume")
+    _report(_apply(job, db, resume_job), "resume")
 
 
 @command
 def cancel(job: JobArgument, db: DbOption = None) -> None:
     """Cancel a job (and the jobs waiting for it): at once, or after a running job's current step."""
-    job_id = parse_id(job, "job")
-    database = open_db(db)
-    with database.session() as session:
-        found = request_cancel(session, job_id)
-        session.commit()
-    _report(found, "cancel")
+    _report(_apply(job, db, request_cancel), "cancel")
 
 
 @command
 def retry(job: JobArgument, db: DbOption = None) -> None:
     """Queue a failed or cancelled job again (from its last checkpoint), with the jobs its end cancelled."""
-    job_id = parse_id(job, "job")
-    database = open_db(db)
-    with database.session() as session:
-        retried = retry_job(session, job_id)
-        session.commit()
-    for found in retried:
+    for found in _apply(job, db, retry_job):
         waits = f", after job {found.depends_on_id}" if found.depends_on_id is not None else ""
         stdout().print(f"job {found.id} ({found.kind}) is queued again{waits}")

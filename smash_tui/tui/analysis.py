@@ -24,6 +24,17 @@ if TYPE_CHECKING:
     from storage.dashboard import ChangeMarker
 
 
+def error_cell(err: float | None, partial: bool) -> Text:
+    """A SMASH error for a table, dimmed when racing measured it on part of the images."""
+    return Text(fixed(err), style="dim" if partial else "")
+
+
+def append_partial_note(text: Text, partial: int, separator: str) -> None:
+    """Say how many of the shown errors are partial (racing dropped them early), if any."""
+    if partial:
+        text.append(f"{separator}{partial} partial (dimmed)", style="yellow")
+
+
 def correlation_text(data: ProxyData) -> Text:
     """ "Kendall τ -0.80 · Spearman ρ -0.90 · 5 pairs" with a reading of the sign."""
     corr = data.correlation
@@ -36,10 +47,7 @@ def correlation_text(data: ProxyData) -> Text:
     if corr.tau_chance_sd is not None:
         # How far tau strays from 0 by chance alone over this many pairs.
         text.append(f"  ·  chance alone ±{corr.tau_chance_sd:.2f}")
-    partial = sum(1 for pair in data.pairs if pair.partial)
-    if partial:
-        # Racing dropped these early: their errors come from fewer, other images.
-        text.append(f"  ·  {partial} partial (dimmed)", style="yellow")
+    append_partial_note(text, sum(1 for pair in data.pairs if pair.partial), "  ·  ")
     if corr.pairs < 2:
         text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
     elif corr.kendall_tau is not None:
@@ -185,7 +193,7 @@ class ProxyScreen(_Polled):
                     str(pair.id),
                     [
                         str(pair.id),
-                        Text(fixed(pair.err), style="dim" if pair.partial else ""),
+                        error_cell(pair.err, pair.partial),
                         fixed(pair.acc),
                         f"{er:g} / {ar:g}",
                     ],
@@ -264,10 +272,7 @@ class ParetoScreen(_Polled):
         stats = Text()
         stats.append(f"{len(data.front)} on the front", style="bold")
         stats.append(f" of {data.scored:,} scored · SMASH error against {label}")
-        partial = sum(1 for row in data.front if row.partial)
-        if partial:
-            # Racing dropped these early: their errors come from fewer, other images.
-            stats.append(f" · {partial} partial (dimmed)", style="yellow")
+        append_partial_note(stats, sum(1 for row in data.front if row.partial), " · ")
         stats.append(" · c: params/FLOPs · r: retrain the front", style="dim")
         self.query_one("#pareto-stats", StatusLine).text = stats
         cost_of = (lambda row: row.params) if data.cost == "params" else (lambda row: row.flops)
@@ -297,7 +302,7 @@ class ParetoScreen(_Polled):
                     [
                         " ",
                         str(row.id),
-                        Text(fixed(row.err), style="dim" if row.partial else ""),
+                        error_cell(row.err, row.partial),
                         human(cost_of(row)),
                         fixed(row.acc),
                         Text(*row_cells(row, False)[-1]),  # the retrain state, styled as in the browser

@@ -62,6 +62,16 @@ def jobs_in_db(fixture: Fixture, kind: str | None = None) -> list[Job]:
         db.dispose()
 
 
+def score_partially(fixture: Fixture, architecture_id: int) -> None:
+    """Racing dropped the architecture after 200 images with a lucky 5 % error."""
+    db = open_database(fixture.url)
+    with db.session() as session:
+        race = ScoreIn(architecture_id, 5.0, 0.2, images=200, z_draws=1, method="racing")
+        add_scores(session, [race])
+        session.commit()
+    db.dispose()
+
+
 async def open_browser(pilot: Any) -> ArchitecturesScreen:
     await settle(pilot)
     await pilot.press("2")
@@ -214,11 +224,7 @@ async def test_a_partial_error_from_racing_is_dimmed_and_ranked_after_complete_o
     # Racing dropped this candidate after 200 images with a lucky 5 %: below every
     # complete score, but measured on other, fewer images.
     raced = fixture.architecture_ids[-1]
-    db = open_database(fixture.url)
-    with db.session() as session:
-        add_scores(session, [ScoreIn(raced, 5.0, 0.2, images=200, z_draws=1, method="racing")])
-        session.commit()
-    db.dispose()
+    score_partially(fixture, raced)
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_browser(pilot)
@@ -491,11 +497,7 @@ async def test_proxy_view_dims_a_retrained_architecture_whose_error_is_partial(
     fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
 ) -> None:
     raced = fixture.retrained_ids[0]
-    db = open_database(fixture.url)
-    with db.session() as session:
-        add_scores(session, [ScoreIn(raced, 5.0, 0.2, images=200, z_draws=1, method="racing")])
-        session.commit()
-    db.dispose()
+    score_partially(fixture, raced)
     app = make_app(fixture, launcher, runner)
     async with app.run_test(size=(160, 40)) as pilot:
         await settle(pilot)
