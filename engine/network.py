@@ -218,10 +218,7 @@ class _SmashSource:
             and torch.is_grad_enabled()
             and torch.is_autocast_enabled("cpu")
         ):
-            # oneDNN (as in PyTorch 2.14) returns NaN weight gradients for bf16 convs dilated
-            # along the height in channels-last layout; the default layout is correct, but
-            # 2-3x slower, so only gradient-taking passes pay for it (scoring does not).
-            x, weight = x.contiguous(), weight.contiguous()
+            return _HeightDilatedConvBF16.apply(x, weight, spec.padding(), spec.dilation, spec.groups)
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
     def transition(self, block: int, x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -233,6 +230,50 @@ class _SmashSource:
         x = F.relu(_sliced_batch_norm(self.net.head_norm, x))
         x = x.mean(dim=(2, 3))
         return F.linear(x, self.net.classifier.weight[:, : x.shape[1]], self.net.classifier.bias)
+
+
+class _HeightDilatedConvBF16(torch.autograd.Function):
+    """A bf16 conv dilated along the height on the CPU, with its weight gradient in fp32.
+
+    oneDNN (as in PyTorch 2.14) returns NaN weight gradients for bf16 convs dilated along
+    the height in channels-last layout: about half of the `tiny` preset's training steps
+    draw such a conv and hit it. The output and the input gradient are correct, and the
+    weight gradient is correct in fp32, so only that product leaves bf16. Running the
+    whole conv in the default layout instead is also correct, but a `paper` training
+    step then took about 1.0 s against 0.75 s this way (benchmarks/step_throughput.py).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+        groups: int,
+    ) -> torch.Tensor:
+        x = x.to(torch.bfloat16)
+        ctx.save_for_backward(x, weight)
+        ctx.conv_args = (padding, dilation, groups)  # type: ignore[attr-defined]
+        return F.conv2d(x, weight.to(torch.bfloat16), padding=padding, dilation=dilation, groups=groups)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        padding, dilation, groups = ctx.conv_args  # type: ignore[attr-defined]
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(
+                x.shape, weight.to(torch.bfloat16), grad_output.to(torch.bfloat16),
+                padding=padding, dilation=dilation, groups=groups,
+            )
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.nn.grad.conv2d_weight(
+                x.float(), weight.shape, grad_output.float(), padding=padding, dilation=dilation, groups=groups
+            ).to(weight.dtype)
+        return grad_x, grad_weight, None, None, None
 
 
 def _sliced_batch_norm(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:

@@ -110,6 +110,49 @@ def test_one_training_step_changes_hypernet_and_shared_weights() -> None:
     assert shared_changed >= 4  # stem, some body convs, transitions, head
 
 
+def _height_dilated(arch: Architecture) -> bool:
+    return any(spec is not None and spec.dilation[0] > 1 for block in arch.blocks for op in block.ops for spec in op.convs)
+
+
+def test_bf16_channels_last_training_gradients_are_finite_with_height_dilated_convs() -> None:
+    # oneDNN returns NaN weight gradients for bf16 channels-last convs dilated along the
+    # height; about half of these architectures drew one and trained on NaN before the
+    # network computed those weight gradients in fp32.
+    torch.manual_seed(0)
+    net = SmashNet(TINY).to(memory_format=torch.channels_last).train()
+    rng = np.random.default_rng(0)
+    x = torch.randn(32, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,))
+    dilated = 0
+    for _ in range(8):
+        arch = sample(TINY, rng)
+        dilated += _height_dilated(arch)
+        net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(net(x, arch).float(), y)
+        loss.backward()
+        bad = [name for name, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, (arch, bad)
+    assert dilated >= 3
+
+
+def test_bf16_height_dilated_conv_matches_fp32_values_and_gradients() -> None:
+    from engine.network import _HeightDilatedConvBF16
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 16, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(8, 4, 3, 3, requires_grad=True)
+    grad = torch.randn(8, 8, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _HeightDilatedConvBF16.apply(x, weight, (2, 1), (2, 1), 4)
+    grad_x, grad_w = torch.autograd.grad(out, (x, weight), grad)
+    ref = F.conv2d(x, weight, padding=(2, 1), dilation=(2, 1), groups=4)
+    ref_x, ref_w = torch.autograd.grad(ref, (x, weight), grad)
+    assert out.dtype == torch.bfloat16 and grad_x.dtype == grad_w.dtype == torch.float32
+    for got, want in ((out.float(), ref), (grad_x, ref_x), (grad_w, ref_w)):
+        assert ((got - want).norm() / want.norm()).item() < 1e-2
+
+
 def test_sliced_batch_norm_updates_only_the_used_channels() -> None:
     net = SmashNet(TINY).train()
     arch = sample(TINY, np.random.default_rng(5))
