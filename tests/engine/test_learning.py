@@ -25,10 +25,12 @@ from engine.train import TrainConfig, build_smash, train_hypernet
 pytestmark = pytest.mark.xdist_group("learning")
 
 TINY = PRESETS["tiny"]
-# About 630 steps of 50 images; bf16 (native on CPUs with AVX-512 BF16, like CI's) both
+# About 810 steps of 50 images; bf16 (native on CPUs with AVX-512 BF16, like CI's) both
 # runs and learns faster here than fp32, which gets 900 steps where bf16 is emulated.
+# Seed 0 ends at 66 % (69 % on one thread), seeds 1 and 2 at 62 and 65 %; 7 epochs ended
+# anywhere from 56 to 67 %, so the 60 % threshold rested on the seed, not on the budget.
 BUDGET = TrainConfig(
-    epochs=7 if bf16_native(torch.device("cpu")) else 10,
+    epochs=9 if bf16_native(torch.device("cpu")) else 10,
     lr=5e-3,
     batch_size=50,
     report_every=100,
