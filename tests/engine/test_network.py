@@ -11,7 +11,7 @@ from engine.arch import Architecture
 from engine.cost import architecture_cost
 from engine.encoding import EncodingLayout
 from engine.families import densenet_style, fractalnet_style, resnet_style
-from engine.network import SmashNet, build_model
+from engine.network import SmashNet, _HeightDilatedConvBF16, build_model
 from engine.sampler import sample
 from engine.space import PRESETS, SamplingLimits
 
@@ -137,8 +137,6 @@ def test_bf16_channels_last_training_gradients_are_finite_with_height_dilated_co
 
 
 def test_bf16_height_dilated_conv_matches_fp32_values_and_gradients() -> None:
-    from engine.network import _HeightDilatedConvBF16
-
     torch.manual_seed(0)
     x = torch.randn(8, 16, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
     weight = torch.randn(8, 4, 3, 3, requires_grad=True)
