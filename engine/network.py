@@ -252,27 +252,26 @@ class _HeightDilatedConvBF16(torch.autograd.Function):
         dilation: tuple[int, int],
         groups: int,
     ) -> torch.Tensor:
-        x = x.to(torch.bfloat16)
-        ctx.save_for_backward(x, weight)
-        ctx.conv_args = (padding, dilation, groups)  # type: ignore[attr-defined]
-        return F.conv2d(x, weight.to(torch.bfloat16), padding=padding, dilation=dilation, groups=groups)
+        x, weight_bf16 = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        ctx.save_for_backward(x, weight_bf16)
+        ctx.conv_args = (padding, dilation, groups, weight.dtype)  # type: ignore[attr-defined]
+        return F.conv2d(x, weight_bf16, padding=padding, dilation=dilation, groups=groups)
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
-        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        padding, dilation, groups = ctx.conv_args  # type: ignore[attr-defined]
+        x, weight_bf16 = ctx.saved_tensors  # type: ignore[attr-defined]
+        padding, dilation, groups, weight_dtype = ctx.conv_args  # type: ignore[attr-defined]
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.nn.grad.conv2d_input(
-                x.shape, weight.to(torch.bfloat16), grad_output.to(torch.bfloat16),
-                padding=padding, dilation=dilation, groups=groups,
+                x.shape, weight_bf16, grad_output, padding=padding, dilation=dilation, groups=groups
             )
         if ctx.needs_input_grad[1]:
             grad_weight = torch.nn.grad.conv2d_weight(
-                x.float(), weight.shape, grad_output.float(), padding=padding, dilation=dilation, groups=groups
-            ).to(weight.dtype)
+                x.float(), weight_bf16.shape, grad_output.float(), padding=padding, dilation=dilation, groups=groups
+            ).to(weight_dtype)
         return grad_x, grad_weight, None, None, None
 
 
