@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from storage.db import normalize_url
 from tests.cli.support import DEMO, smash
@@ -16,14 +15,11 @@ from tests.cli.support import DEMO, smash
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # Keep the developer's database out; two tests run at once on two cores.
+    # Keep the developer's database out.
     monkeypatch.setenv("SMASH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SMASH_DB", raising=False)
     monkeypatch.delenv("SMASH_FILES", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -40,12 +36,7 @@ class DemoRun:
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """One tiny ``smash demo`` per test process: a trained HyperNet, scores, one retrain."""
     path = tmp_path_factory.mktemp("demo") / "smash.db"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = smash(str(path), *DEMO, "--name", "demo")
-    finally:
-        torch.set_num_threads(threads)
+    result = smash(str(path), *DEMO, "--name", "demo")
     return DemoRun(path, result.exit_code, result.stdout, result.stderr)
 
 

@@ -50,16 +50,8 @@ def trained(synthetic: Dataset) -> tuple[SmashNet, list[TrainEval], float]:
     torch.manual_seed(0)
     net = build_smash(TINY, synthetic.num_classes, synthetic.in_channels, HyperNetConfig(), "cpu")
     evals: list[TrainEval] = []
-    # One thread, like every other engine test (conftest's per-test setting comes too
-    # late for a module fixture): the tiny network's convs gain little from a second
-    # thread, and the other xdist worker needs that core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     start = time.perf_counter()
-    try:
-        train_hypernet(net, synthetic, BUDGET, on_eval=evals.append)
-    finally:
-        torch.set_num_threads(threads)
+    train_hypernet(net, synthetic, BUDGET, on_eval=evals.append)
     return net.eval(), evals, time.perf_counter() - start
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +47,6 @@ TINY = PRESETS["tiny"]
 MICRO = dataclasses.replace(TINY, name="micro", depth=2, width=1)
 # Three epochs of four steps: long enough for a mid-epoch and an epoch-boundary stop.
 SHORT = RetrainConfig(epochs=3, batch_size=25, warmup_epochs=1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These networks are tiny and overhead-bound: on a shared 2-core machine two OpenMP
-    threads per xdist worker spin against each other and run many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
