@@ -84,10 +84,12 @@ class ReplayScorer(Scorer):
         self.wrong, self.loss = wrong, loss
         self.measured = 0
 
-    def _sums(self, arch, start: int, stop: int) -> torch.Tensor:  # type: ignore[override]
+    def _sums(self, arch, start: int, stop: int, into: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         self.measured += stop - start
         i = int(arch)
-        return torch.stack([self.wrong[i, start:stop].sum(), self.loss[i, start:stop].sum()]).float()
+        totals = self._zero_sums() if into is None else into
+        totals[0] += torch.stack([self.wrong[i, start:stop].sum(), self.loss[i, start:stop].sum()]).float()
+        return totals
 
 
 def run_scheme(

@@ -262,7 +262,7 @@ class Scorer:
         aligned = math.ceil(first / self.batch_size) * self.batch_size
         first = min(aligned if aligned < self.num_images else first, self.num_images)
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
-        sums = [torch.zeros(2, device=self.device) for _ in range(n)]
+        sums = [self._zero_sums() for _ in range(n)]
         rungs: list[dict[int, tuple[float, float]]] = [{} for _ in range(n)]
         alive = list(range(n))
         results: dict[int, Score] = {}
@@ -283,12 +283,12 @@ class Scorer:
             done, target = 0, first
             while alive:
                 for i in alive:
-                    sums[i] += self._sums(archs[i], done, target)
+                    self._sums(archs[i], done, target, into=sums[i])
                 done = target
                 if done >= self.num_images:
                     break
                 with host_sync_allowed(self.device):
-                    totals = torch.stack([sums[i] for i in alive]).tolist()  # one copy per rung
+                    totals = torch.stack([sums[i].sum(0) for i in alive]).tolist()  # one copy per rung
                 for i, (wrong, loss) in zip(alive, totals):
                     rungs[i][done] = (wrong, loss)
                 bar = [leader.rungs[done] for leader in leaders]  # same scorer, same rung cuts
@@ -346,7 +346,7 @@ class Scorer:
 
     def _to_score(self, sums: torch.Tensor, images: int, method: str) -> Score:
         with host_sync_allowed(self.device):
-            wrong, loss = sums.tolist()  # the one host copy per architecture
+            wrong, loss = sums.reshape(-1, 2).sum(0).tolist()  # the one host copy per architecture
         draws = self.config.z_draws
         return Score(
             error=100.0 * wrong / (images * draws),
@@ -356,12 +356,23 @@ class Scorer:
             method=method,
         )
 
+    def _zero_sums(self) -> torch.Tensor:
+        """(wrong, loss) per z draw, all zero, on the device."""
+        return torch.zeros(self.config.z_draws, 2, device=self.device)
+
     @torch.no_grad()
-    def _sums(self, arch: Architecture, start: int, stop: int) -> torch.Tensor:
-        """(wrong, loss) summed over images [start, stop) and all z draws, on the device."""
+    def _sums(
+        self, arch: Architecture, start: int, stop: int, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(wrong, loss) per z draw over images [start, stop), added batch by batch to `into`.
+
+        Float sums depend on their order: a race adds each rung's batches to the running
+        sums one by one, exactly as full scoring adds them, so a survivor's score is
+        bit-identical to `score` (a rung summed on its own and then added would not be).
+        """
         net = self.net
         was_training = net.training
-        totals = torch.zeros(2, device=self.device)
+        totals = self._zero_sums() if into is None else into
         try:
             for draw in range(self.config.z_draws):
                 with autocast_context(self.device, self.config.bf16):
@@ -370,8 +381,8 @@ class Scorer:
                         net.eval()
                         for x, y in self._slices(start, stop):
                             logits = net(x, arch, weights).float()
-                            totals[0] += (logits.argmax(1) != y).sum()
-                            totals[1] += F.cross_entropy(logits, y, reduction="sum")
+                            totals[draw, 0] += (logits.argmax(1) != y).sum()
+                            totals[draw, 1] += F.cross_entropy(logits, y, reduction="sum")
         finally:
             net.train(was_training)
         return totals

@@ -79,11 +79,13 @@ class _KnownErrorScorer(Scorer):
         }
         self.measured = 0
 
-    def _sums(self, arch, start: int, stop: int) -> torch.Tensor:
+    def _sums(self, arch, start: int, stop: int, into: torch.Tensor | None = None) -> torch.Tensor:
         self.measured += stop - start
         index = int(arch)  # the "architectures" are indices here
         wrong = self.wrong[index][start:stop].sum()
-        return torch.stack([wrong, wrong * 2.0])
+        totals = self._zero_sums() if into is None else into
+        totals[0] += torch.stack([wrong, wrong * 2.0])
+        return totals
 
 
 def test_racing_keeps_the_top_ten_of_spread_out_candidates_at_a_fraction_of_the_cost() -> None:
