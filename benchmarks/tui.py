@@ -49,7 +49,7 @@ sys.path.insert(0, str(_ROOT))
 from rich.console import Console  # noqa: E402
 from textual._compositor import CompositorUpdate  # noqa: E402
 
-from smash_tui.app import SmashApp  # noqa: E402
+from smash_tui.tui.app import SmashApp  # noqa: E402
 from smash_tui.tui.architectures import ArchitecturesScreen  # noqa: E402
 from smash_tui.tui.dashboard import DashboardScreen  # noqa: E402
 

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from engine.errors import CheckpointError
 
 FORMAT = 1  # bumped when the layout of every checkpoint changes; loads refuse other values
 _MAX_DETAIL = 160  # characters of a library's error message kept in ours
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written, read or used; the message is one line naming the file."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
@@ -170,6 +169,47 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 
+# Weights of a finished network ------------------------------------------------------------
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """Save a model's ``state_dict`` on the CPU, atomically (a temporary file, then a rename).
+
+    Raises:
+        CheckpointError: The file cannot be written.
+    """
+    state = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write weights {path}: {exc.strerror or exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` saved by ``save_weights``, read without unpickling code.
+
+    Raises:
+        CheckpointError: The file is missing or unreadable.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here (zip, pickle, EOF, OS)
+        raise CheckpointError(f"weights file {path} is unreadable: {_one_line(exc)}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"weights file {path} does not hold a state_dict")
+    return state
+
+
+
 __all__ = [
     "FORMAT",
     "CheckpointError",
@@ -178,5 +218,7 @@ __all__ = [
     "numpy_rng_state",
     "save_checkpoint",
     "set_torch_rng_state",
+    "load_weights",
+    "save_weights",
     "torch_rng_state",
 ]

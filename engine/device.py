@@ -1,12 +1,15 @@
-"""Device helpers shared by the loops: precision and deliberate host synchronisation."""
+"""Devices: choosing one (`--device`), reporting them, precision, deliberate host syncs."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+
+from engine.errors import ConfigError, DeviceError
 
 
 def bf16_native(device: torch.device) -> bool:
@@ -52,3 +55,49 @@ def host_sync_allowed(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(mode)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device for a ``--device`` value: auto, cpu, cuda or cuda:N.
+
+    Raises:
+        DeviceError: An unknown name, or a GPU that this machine does not have.
+    """
+    text = name.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise DeviceError(
+            f"device {name!r} does not exist: this machine has {count} CUDA device(s)"
+        )
+    return torch.device(text)
+
+
+def device_report() -> dict[str, Any]:
+    """Torch version, CUDA availability and devices, for ``smash info``."""
+    cuda = torch.cuda.is_available()
+    return {
+        "torch": torch.__version__,
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda
+        else [],
+        "threads": torch.get_num_threads(),
+        "default_device": "cuda" if cuda else "cpu",
+    }
+
+
+def set_threads(threads: int) -> None:
+    """Limit torch's intra-op threads (only when the user asks: torch picks well by default)."""
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)

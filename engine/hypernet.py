@@ -12,32 +12,12 @@ searched networks are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.config import HyperNetConfig
 from engine.encoding import EncodingLayout, OpColumns
-
-
-@dataclass(frozen=True)
-class HyperNetConfig:
-    """Capacity of the HyperNet. The paper stresses that too small a HyperNet loses the ranking."""
-
-    stem_channels: int = 7  # channels added by the first conv
-    growth: tuple[int, ...] = (10, 10, 10)  # channels added per dense layer, per dense stage
-    layers: tuple[int, ...] = (8, 10, 4)  # dense layers per stage; a halving conv separates stages
-    kernel_size: int = 3  # kernel of every conv but the last
-    negative_slope: float = 0.02  # LeakyReLU slope: keeps gradients alive, NaNs visible
-
-    def __post_init__(self) -> None:
-        if len(self.growth) != len(self.layers) or not self.growth:
-            raise ValueError("HyperNetConfig: growth and layers need the same, non-zero length")
-        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
-            raise ValueError("HyperNetConfig: kernel_size must be odd")
-        if min(self.growth) < 1 or min(self.layers) < 0 or self.stem_channels < 1:
-            raise ValueError("HyperNetConfig: widths must be positive")
 
 
 class WNConv2d(nn.Conv2d):

@@ -31,10 +31,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,98 +48,20 @@ from engine.checkpoint import (
     set_torch_rng_state,
     torch_rng_state,
 )
+from engine.config import INIT_RECIPES, RetrainConfig
 from engine.data import Dataset, DeviceImages
+from engine.errors import InvalidRetrainConfig, RetrainError
 from engine.network import DerivedNet, OpModule, build_model
 
 CHECKPOINT_KIND = "retrain"
-INIT_RECIPES = ("kaiming", "banks")
 EVAL_BATCH_SIZE = 500  # evaluation batch; fixed so a re-evaluation sums in the same order
 # Config fields that may differ between a checkpoint and the run resuming from it:
 # they change when checkpoints are written, not what is computed.
 _RESUMABLE_CHANGES = frozenset({"checkpoint_every_epochs"})
 
 
-class RetrainError(Exception):
-    """Retraining cannot start or go on; the message is one line meant for the user."""
-
-
-class InvalidRetrainConfig(RetrainError, ValueError):
-    """A retrain config, or an argument of `retrain`, that cannot work."""
-
-
 class RetrainDiverged(RetrainError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """How a derived network is trained from scratch (the paper's settings by default)."""
-
-    epochs: int = 300  # passes over the training split (the paper's 300; callers pass fewer)
-    batch_size: int = 50  # images per SGD step (the paper's 50)
-    lr: float = 0.1  # peak learning rate, reached after the warmup
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = True  # Nesterov momentum, as in the paper
-    weight_decay: float = 1e-4  # L2 on every parameter, as in the paper
-    label_smoothing: float = 0.0  # cross-entropy label smoothing (0: none, as in the paper)
-    # Linear warmup from ~0 to lr (at most half the run), then the cosine decay. With the
-    # "banks" init one epoch lifted a tiny ResNet from 23% to 57% in a 4-epoch run; either alone did not.
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = None  # max global gradient norm; None: off (clipping at 2 helped no measured run)
-    init: str = "banks"  # weight init recipe, one of INIT_RECIPES (see `reinitialise`)
-    augment: bool = True  # random 4-pixel translation and horizontal flip of training images
-    seed: int = 0  # seeds the initial weights, the batch order and the augmentation
-    channels_last: bool = True  # channels-last tensors on CUDA (faster convs); ignored on the CPU
-    bf16: bool | Literal["auto"] = "auto"  # bfloat16 autocast; "auto": on for CUDA only
-    checkpoint_every_epochs: int = 1  # epochs between checkpoints (the last epoch always writes one)
-
-    def __post_init__(self) -> None:
-        problems = list(self._problems())
-        if problems:
-            raise InvalidRetrainConfig("invalid retrain config: " + "; ".join(problems))
-
-    def _problems(self) -> Iterable[str]:
-        # Comparisons are written so that NaN fails them too.
-        if not self.epochs >= 1:
-            yield f"epochs must be at least 1, got {self.epochs}"
-        if not self.batch_size >= 1:
-            yield f"batch_size must be at least 1, got {self.batch_size}"
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            yield f"lr must be positive and finite, got {self.lr}"
-        if not 0 <= self.momentum < 1:
-            yield f"momentum must be in [0, 1), got {self.momentum}"
-        if self.nesterov and self.momentum == 0:
-            yield "nesterov needs a momentum above 0"
-        if not self.weight_decay >= 0:
-            yield f"weight_decay must be >= 0, got {self.weight_decay}"
-        if not 0 <= self.label_smoothing < 1:
-            yield f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
-        if not 0 <= self.warmup_epochs < math.inf:
-            yield f"warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}"
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            yield f"grad_clip must be positive or None, got {self.grad_clip}"
-        if self.init not in INIT_RECIPES:
-            yield f"init must be one of {', '.join(INIT_RECIPES)}, got {self.init!r}"
-        if self.bf16 not in (True, False, "auto"):
-            yield f"bf16 must be true, false or 'auto', got {self.bf16!r}"
-        if not self.checkpoint_every_epochs >= 1:
-            yield f"checkpoint_every_epochs must be at least 1, got {self.checkpoint_every_epochs}"
-
-    def learning_rate(self, step: int, steps_per_epoch: int) -> float:
-        """The learning rate of optimiser step `step` (0-based): linear warmup, then cosine to 0.
-
-        The warmup is capped at half the run, so a short run (say `epochs=1`) still decays.
-
-        Args:
-            step: steps taken before this one, over the whole run.
-            steps_per_epoch: optimiser steps per epoch.
-        """
-        total = self.epochs * steps_per_epoch
-        warmup = round(min(self.warmup_epochs, self.epochs / 2) * steps_per_epoch)
-        if step < warmup:
-            return self.lr * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -268,7 +190,7 @@ def evaluate(
     split_images: DeviceImages,
     device: torch.device | str | None = None,
     *,
-    bf16: bool | Literal["auto"] = "auto",
+    bf16: str = "auto",
     channels_last: bool = True,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[float, float]:
@@ -307,10 +229,10 @@ def evaluate(
     return 100.0 * correct.item() / n, loss_sum.item() / n
 
 
-def _precision(device: torch.device, bf16: bool | str, channels_last: bool) -> tuple[bool, bool]:
+def _precision(device: torch.device, bf16: str, channels_last: bool) -> tuple[bool, bool]:
     """(bfloat16 autocast on, channels-last on) for a device and a config's settings."""
     cuda = device.type == "cuda"
-    return (cuda if bf16 == "auto" else bool(bf16)), (channels_last and cuda)
+    return (cuda if bf16 == "auto" else bf16 == "on"), (channels_last and cuda)
 
 
 # Retraining ----------------------------------------------------------------------------

@@ -22,48 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.arch import Architecture
+from engine.config import RaceConfig, ScoreConfig
 from engine.data import DeviceImages
 from engine.device import autocast_context, host_sync_allowed
 from engine.network import SmashNet
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """How architectures are scored."""
-
-    images: int | None = None  # validation images to score on, a fixed random subset (None: the whole split)
-    batch_size: int | None = None  # images per forward pass (None: 200 on a CPU, where smaller activations stay in cache, 1000 on CUDA)
-    z_draws: int = 1  # independent z draws whose errors and losses are averaged
-    bn_recalibration_batches: int = 4  # training batches that re-estimate BN statistics (0: off, the paper's way)
-    bn_batch_size: int = 128  # images per recalibration batch
-    seed: int = 0  # z draws and recalibration batches depend only on this and the architecture
-    bf16: str = "auto"  # "auto": bf16 autocast where bf16 is native (CUDA, CPUs with bf16 instructions); "on" / "off" force it
-    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
-
-    def __post_init__(self) -> None:
-        if self.images is not None and self.images < 1:
-            raise ValueError(f"ScoreConfig.images must be positive, got {self.images}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.z_draws < 1 or self.bn_batch_size < 1:
-            raise ValueError("ScoreConfig: batch_size, z_draws and bn_batch_size must be positive")
-        if self.bn_recalibration_batches < 0:
-            raise ValueError("ScoreConfig.bn_recalibration_batches must be >= 0")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ValueError(f"ScoreConfig.bf16 must be auto, on or off, got {self.bf16!r}")
-
-
-@dataclass(frozen=True)
-class RaceConfig:
-    """Successive halving over validation images."""
-
-    top_k: int = 10  # the ranking's head that must come out as with full scoring
-    first_images: int | None = None  # images of the first rung, rounded up to whole batches (None: 1/32 of the split)
-    keep: float = 1 / 3  # fraction of candidates kept after each rung (the margin guard keeps close calls)
-    min_survivors: int | None = None  # never keep fewer than this (None: top_k + 2)
-    margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or not 0.0 < self.keep <= 1.0 or self.margin_z < 0:
-            raise ValueError("RaceConfig: top_k must be >= 1, keep in (0, 1] and margin_z >= 0")
 
 
 @dataclass(frozen=True)

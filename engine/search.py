@@ -11,7 +11,7 @@ All strategies share three rules:
 
 Strategies: random sampling of N; perturbation of the top k; the original's greedy
 Markov chain (accept a perturbation only if it scores better); regularised evolution
-(Real et al. 2019) with the SMASH score as fitness; and "paper", the original's
+(Real et al. 2019) with the SMASH score as fitness; and "staged", the original's
 sequence of random sampling, perturbation of the best, then the Markov chain.
 """
 
@@ -24,56 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.arch import Architecture
+from engine.config import SearchConfig
 from engine.sampler import perturb, sample
 from engine.score import Score, rank_key
 from engine.space import SearchSpace
 
-STRATEGIES = ("random", "perturb", "markov", "evolution", "paper")
-
 ScoreBatch = Callable[[Sequence[Architecture]], list[Score]]
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """What a search does and how much it scores."""
-
-    strategy: str = "random"  # one of STRATEGIES
-    architectures: int = 500  # random candidates (random, paper) or evaluations (evolution)
-    top_k: int = 10  # how many of the best are perturbed (perturb, paper)
-    perturbations: int = 100  # perturbations of the best (perturb, paper)
-    perturb_p: float = 0.05  # probability that each field is resampled by a perturbation
-    markov_steps: int = 100  # greedy chain steps (markov, paper)
-    population: int = 50  # regularised evolution: population size
-    tournament: int = 10  # regularised evolution: sample size of each tournament
-    batch: int = 16  # candidates handed to the scorer at once (racing needs many)
-    seed: int = 0  # the whole search follows from it
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
-        for name in ("architectures", "top_k", "population", "tournament", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SearchConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.perturbations < 0 or self.markov_steps < 0:
-            raise ValueError("SearchConfig: perturbations and markov_steps must be >= 0")
-        if not 0.0 < self.perturb_p <= 1.0:
-            raise ValueError(f"SearchConfig.perturb_p must be in (0, 1], got {self.perturb_p}")
-        if self.tournament > self.population:
-            raise ValueError("SearchConfig.tournament cannot exceed population")
-
-    @property
-    def budget(self) -> int:
-        """Most architectures the search scores (for progress bars)."""
-        if self.strategy == "random":
-            return self.architectures
-        # perturb and markov start from top_k random samples when given nothing to start from
-        if self.strategy == "perturb":
-            return self.top_k + self.perturbations
-        if self.strategy == "markov":
-            return self.top_k + self.markov_steps
-        if self.strategy == "evolution":
-            return self.architectures
-        return self.architectures + self.perturbations + self.markov_steps
 
 
 @dataclass(frozen=True)
@@ -156,12 +114,12 @@ def run_search(
     book = _Book(score_batch, known or {}, on_result, should_stop)
     pool = list(start)
     try:
-        if config.strategy in ("random", "paper"):
+        if config.strategy in ("random", "staged"):
             pool += _random(space, config, rng, book)
-        if config.strategy in ("perturb", "paper"):
+        if config.strategy in ("perturb", "staged"):
             pool = _seed_pool(space, config, rng, book, pool)
             pool += _perturb_top(space, config, rng, book, pool)
-        if config.strategy in ("markov", "paper"):
+        if config.strategy in ("markov", "staged"):
             pool = _seed_pool(space, config, rng, book, pool)
             _markov(space, config, rng, book, pool)
         if config.strategy == "evolution":

@@ -35,8 +35,10 @@ from engine.checkpoint import (
     set_torch_rng_state,
     torch_rng_state,
 )
+from engine.config import TrainConfig
 from engine.data import Dataset, DeviceImages
 from engine.device import autocast_context, host_sync_allowed
+from engine.errors import TrainingDiverged
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
 from engine.network import SmashNet
@@ -47,49 +49,6 @@ from engine.space import SamplingLimits, SearchSpace
 CHECKPOINT_KIND = "hypernet"
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """HyperNet training; the defaults are the paper's."""
-
-    epochs: int = 100  # passes over the training split
-    max_steps: int | None = None  # stop after this many steps (a budget for short runs)
-    batch_size: int = 50  # images per step, each step with its own architecture
-    lr: float = 1e-3  # Adam learning rate at the start of the cosine
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas, borrowed by the paper from DCGAN
-    eps: float = 1e-4  # Adam epsilon; large so that half precision cannot divide by zero
-    weight_decay: float = 1e-4  # L2 on the shared weights only, never on the HyperNet
-    anneal: bool = True  # ramp max budget 0.5 -> 1 and max kernel 3 -> largest over the first half
-    augment: bool = True  # random crops (pad 4) and horizontal flips
-    seed: int = 0  # architectures, z, data order and augmentation all follow from it
-    report_every: int = 20  # steps between progress reports (host syncs)
-    checkpoint_every: int = 500  # steps between checkpoints (also at epoch ends and on stop)
-    eval_archs: int = 4  # random architectures evaluated on the validation split at epoch ends
-    eval_images: int = 1000  # validation images they are evaluated on
-    eval_bn_batches: int = 4  # BN recalibration batches per evaluated architecture (see ScoreConfig)
-    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and tensor cores
-    bf16: str = "auto"  # "auto": bf16 autocast on CUDA only; "on" / "off" force it
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.report_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("TrainConfig: epochs, batch_size, report_every and checkpoint_every must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("TrainConfig.max_steps must be positive")
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError("TrainConfig: lr and eps must be positive, weight_decay non-negative")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ValueError(f"TrainConfig.bf16 must be auto, on or off, got {self.bf16!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -257,7 +216,7 @@ def train_hypernet(
                     "arch_rng": numpy_rng_state(arch_rng),
                     "z_rng": torch_rng_state(z_rng),
                     "epoch_data_rng": epoch_data_state,
-                    "config": config.to_dict(),
+                    "config": dataclasses.asdict(config),
                     "space": space.to_dict(),
                     "hypernet": dataclasses.asdict(net.hypernet.config),
                     "num_classes": net.num_classes,

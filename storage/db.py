@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import StorageError
+from storage.errors import StorageError, first_line
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 10
@@ -64,7 +64,7 @@ def normalize_url(value: str) -> str:
     try:
         url = make_url(value)
     except ArgumentError as exc:
-        raise StorageError(f"invalid database URL {value!r}: {_first_line(exc)}") from None
+        raise StorageError(f"invalid database URL {value!r}: {first_line(exc)}") from None
     backend, _, driver = url.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
@@ -259,14 +259,9 @@ def open_database(url: str | None = None) -> Database:
     except DBAPIError as exc:
         engine.dispose()
         raise StorageError(
-            f"cannot open database {redact_url(url)}: {_first_line(exc.orig)}"
+            f"cannot open database {redact_url(url)}: {first_line(exc.orig)}"
         ) from None
     except BaseException:
         engine.dispose()
         raise
     return Database(url, engine)
-
-
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip() if exc is not None else ""
-    return text.splitlines()[0] if text else type(exc).__name__

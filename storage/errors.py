@@ -7,6 +7,18 @@ Textual app, the worker) print ``str(exc)`` and never need a traceback.
 from __future__ import annotations
 
 
+def first_line(value: BaseException | str | None, default: str = "") -> str:
+    """The first line of a message or an exception's message.
+
+    An exception without a message gives its type name; an empty text gives ``default``.
+    """
+    if isinstance(value, BaseException):
+        text = str(value).strip()
+        return text.splitlines()[0] if text else type(value).__name__
+    text = (value or "").strip()
+    return text.splitlines()[0] if text else default
+
+
 class StorageError(Exception):
     """Base class of every error the storage package raises on purpose."""
 

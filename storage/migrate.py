@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, select, text
 
-from storage.errors import NewerDatabaseError, StorageError
+from storage.errors import NewerDatabaseError, StorageError, first_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
@@ -102,7 +102,7 @@ def preflight_sqlite(path: Path, display_url: str, script_location: Path = MIGRA
                 row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
                 current = row[0] if row else None
     except sqlite3.DatabaseError as exc:
-        raise _not_smash(str(path), str(exc).splitlines()[0]) from None
+        raise _not_smash(str(path), first_line(exc)) from None
     if current is None and tables - {VERSION_TABLE}:
         raise _not_smash(str(path), f"it has other tables ({', '.join(sorted(tables)[:5])})")
     script = ScriptDirectory.from_config(alembic_config(script_location))

@@ -1,4 +1,4 @@
-"""The job queue and the worker registry.
+"""The job queue: enqueue, claim, heartbeat, and the transitions a worker makes.
 
 Job states::
 
@@ -11,14 +11,15 @@ Job states::
     failed, cancelled --retry--> queued (with the dependants its end cancelled)
 
 A running job is never changed by the UI directly: ``request_pause`` and
-``request_cancel`` set ``requested`` and the worker honours it between steps
+``request_cancel`` (in ``storage.control``, with ``resume`` and ``retry``) set
+``requested`` and the worker honours it between steps
 (``heartbeat`` tells it). Every transition is one conditional ``UPDATE``, so
 concurrent workers and UIs cannot both win. The transitions write the
 activity-log events themselves; workers need not log them again.
 
 Functions that are a unit of work of their own (``claim``, ``heartbeat``,
-``requeue_stale`` and the worker registry) take the ``Database`` (or an
-engine) and commit. The others take the caller's ``Session`` and only flush.
+``requeue_stale``, and the registry in ``storage.workers``) take the ``Database``
+(or an engine) and commit. The others take the caller's ``Session`` and only flush.
 
 Times that decide liveness (heartbeats, staleness) come from the database
 server on PostgreSQL, so workers on hosts with skewed clocks agree.
@@ -26,37 +27,32 @@ server on PostgreSQL, so workers on hosts with skewed clocks agree.
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
-    ColumnElement,
     Connection,
     Engine,
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
+from storage.clock import Executor, db_now, engine_of, now_sql
 from storage.db import Database
-from storage.errors import JobStateError, NotFoundError, StorageError
+from storage.errors import JobStateError, NotFoundError, StorageError, first_line
 from storage.models import (
     JOB_KINDS,
     Checkpoint,
     Event,
     Job,
     Retrain,
-    UTCDateTime,
     Worker,
     utcnow,
 )
@@ -91,49 +87,10 @@ class Control:
         return self.taken_away or self.request != "none"
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A registered worker process, for display."""
-
-    id: str  # "host:pid:uuid8"
-    host: str  # host name it runs on
-    pid: int  # its process id on that host
-    device: str  # e.g. "cuda:0" or "cpu"
-    started_at: datetime  # when it registered (UTC)
-    heartbeat_at: datetime  # its last sign of life (UTC)
-    current_job_id: int | None  # the job it is running, if any
-
-
-Executor = Session | Connection
 _REQUESTS: dict[str | None, Literal["pause", "cancel"]] = {"pause": "pause", "cancel": "cancel"}
 
 
-def _engine(engine_or_db: Engine | Database) -> Engine:
-    return engine_or_db.engine if isinstance(engine_or_db, Database) else engine_or_db
-
-
-def _is_postgresql(executor: Executor) -> bool:
-    bind = executor.get_bind() if isinstance(executor, Session) else executor
-    return bind.dialect.name == "postgresql"
-
-
-def _db_now(executor: Executor) -> datetime:
-    """The current time as a value: the server's on PostgreSQL, this host's on SQLite."""
-    if _is_postgresql(executor):
-        now = executor.execute(select(func.statement_timestamp())).scalar_one()
-        assert isinstance(now, datetime)
-        return now
-    return utcnow()
-
-
-def _now(executor: Executor) -> ColumnElement[datetime]:
-    """The current time as SQL, for values written without a round trip to fetch it first."""
-    if _is_postgresql(executor):
-        return func.statement_timestamp(type_=UTCDateTime())
-    return literal(utcnow(), UTCDateTime())
-
-
-def _log(
+def log_event(
     executor: Executor,
     job_id: int,
     experiment_id: int,
@@ -157,7 +114,7 @@ def _release_worker(executor: Executor, job_id: int) -> None:
     )
 
 
-def _retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
+def retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
     """Keep retrains and the browser's ``retrain_state`` in step with retrain jobs that moved.
 
     A retrain job that ended without finishing (cancelled or failed, perhaps with no
@@ -177,7 +134,7 @@ def _retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
         executor.execute(
             update(retrains)
             .where(retrains.c.job_id.in_(ended), retrains.c.finished_at.is_(None))
-            .values(finished_at=_now(executor))
+            .values(finished_at=now_sql(executor))
         )
     refresh_retrain_states(
         executor,
@@ -189,12 +146,12 @@ def _retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
     )
 
 
-def _orphan_reason(dependency_id: int) -> str:
+def orphan_reason(dependency_id: int) -> str:
     """How the error of a job cancelled because its dependency ended begins."""
     return f"cancelled: job {dependency_id}, which it depends on, "
 
 
-def _cancel_orphans(executor: Executor) -> list[int]:
+def cancel_orphans(executor: Executor) -> list[int]:
     """Cancel waiting jobs whose dependency failed or was cancelled, transitively."""
     dependency = jobs.alias("dependency")
     cancelled: list[int] = []
@@ -206,10 +163,10 @@ def _cancel_orphans(executor: Executor) -> list[int]:
             .where(dependency.c.state.in_(("failed", "cancelled")))
         ).all()
         if not orphans:
-            _retrain_jobs_moved(executor, cancelled)
+            retrain_jobs_moved(executor, cancelled)
             return cancelled
         for job_id, experiment_id, dependency_id, dependency_state in orphans:
-            error = _orphan_reason(dependency_id) + dependency_state
+            error = orphan_reason(dependency_id) + dependency_state
             result = executor.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES))
@@ -217,12 +174,12 @@ def _cancel_orphans(executor: Executor) -> list[int]:
                     state="cancelled",
                     requested=None,
                     error=error,
-                    finished_at=_now(executor),
+                    finished_at=now_sql(executor),
                 )
             )
             if result.rowcount == 1:
                 cancelled.append(job_id)
-                _log(executor, job_id, experiment_id, f"job {job_id} {error}", "warning")
+                log_event(executor, job_id, experiment_id, f"job {job_id} {error}", "warning")
 
 
 def enqueue(
@@ -259,8 +216,8 @@ def enqueue(
     )
     session.add(job)
     session.flush()
-    _log(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
-    _retrain_jobs_moved(session, [job.id])
+    log_event(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
+    retrain_jobs_moved(session, [job.id])
     return job
 
 
@@ -283,7 +240,7 @@ def _claimable(kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None
 
 
 def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
-    now = _now(connection)
+    now = now_sql(connection)
     result = connection.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state == "queued")
@@ -307,7 +264,7 @@ def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
         .where(workers.c.id == worker_id)
         .values(current_job_id=job_id, heartbeat_at=now)
     )
-    _log(
+    log_event(
         connection,
         job_id,
         experiment_id,
@@ -339,7 +296,7 @@ def claim(
     Returns:
         The claimed job id, now running and owned by the worker, or None.
     """
-    engine = _engine(engine_or_db)
+    engine = engine_of(engine_or_db)
     kind_list = None if kinds is None else tuple(kinds)
     for kind in kind_list or ():
         if kind not in JOB_KINDS:
@@ -348,7 +305,7 @@ def claim(
     candidates_query = _claimable(kind_list, id_list)
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
-            _cancel_orphans(connection)
+            cancel_orphans(connection)
             job_id = connection.execute(
                 candidates_query.limit(1).with_for_update(skip_locked=True, of=jobs)
             ).scalar()
@@ -360,7 +317,7 @@ def claim(
     # SQLite has no row locks: read candidates outside a write transaction, then
     # compare-and-set each; whoever's UPDATE matches the queued row wins it.
     with engine.begin() as connection:
-        _cancel_orphans(connection)
+        cancel_orphans(connection)
     for _ in range(CLAIM_ROUNDS):
         with engine.connect() as connection:
             candidates = list(connection.execute(candidates_query.limit(CLAIM_BATCH)).scalars())
@@ -395,9 +352,9 @@ def heartbeat(
     Returns:
         The user's request and whether the job was taken away from this worker.
     """
-    engine = _engine(engine_or_db)
+    engine = engine_of(engine_or_db)
     with engine.begin() as connection:
-        values: dict[str, Any] = {"heartbeat_at": _now(connection)}
+        values: dict[str, Any] = {"heartbeat_at": now_sql(connection)}
         if progress is not None:
             values["progress"] = min(max(float(progress), 0.0), 1.0)
         if progress_text is not None:
@@ -433,9 +390,9 @@ def requeue_stale(
     Returns:
         Ids of the jobs taken away from their worker.
     """
-    engine = _engine(engine_or_db)
+    engine = engine_of(engine_or_db)
     with engine.begin() as connection:
-        now = _db_now(connection)
+        now = db_now(connection)
         cutoff = now - timedelta(seconds=timeout_s)
         stale_condition = or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < cutoff)
         stale = connection.execute(
@@ -478,14 +435,14 @@ def requeue_stale(
                 continue
             taken.append(job_id)
             _release_worker(connection, job_id)
-            _retrain_jobs_moved(connection, [job_id])
+            retrain_jobs_moved(connection, [job_id])
             silent = (
                 "ever"
                 if heartbeat_at is None
                 else f"for {(now - heartbeat_at).total_seconds():.0f} s"
             )
             outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
-            _log(
+            log_event(
                 connection,
                 job_id,
                 experiment_id,
@@ -494,7 +451,7 @@ def requeue_stale(
                 "error" if state == "failed" else "warning",
             )
         if taken:
-            _cancel_orphans(connection)
+            cancel_orphans(connection)
     return taken
 
 
@@ -512,14 +469,14 @@ def latest_checkpoint(session: Session, job_id: int) -> Checkpoint | None:
 # --- transitions on the caller's session --------------------------------------------------------
 
 
-def _fresh(session: Session, job_id: int) -> Job:
+def fresh_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFoundError(f"no job with id {job_id}")
     return job
 
 
-def _set(
+def set_state(
     session: Session,
     job_id: int,
     from_states: Sequence[str],
@@ -534,138 +491,8 @@ def _set(
     return result.rowcount == 1
 
 
-def _refuse(job: Job, action: str, allowed: str) -> JobStateError:
+def refuse(job: Job, action: str, allowed: str) -> JobStateError:
     return JobStateError(f"cannot {action} job {job.id}: it is {job.state} ({allowed})")
-
-
-def request_pause(session: Session, job_id: int) -> Job:
-    """Pause a job: a queued job at once, a running one when its worker next checks.
-
-    Pausing a paused job does nothing.
-    """
-    if _set(session, job_id, ["queued"], {"state": "paused"}):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"job {job_id} paused")
-        _retrain_jobs_moved(session, [job_id])
-        return job
-    if _set(session, job_id, ["running"], {"requested": "pause"}, jobs.c.requested.is_(None)):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"pause of job {job_id} requested")
-        return job
-    job = _fresh(session, job_id)
-    if job.state == "paused" or (job.state == "running" and job.requested == "pause"):
-        return job
-    if job.state == "running":
-        raise JobStateError(f"cannot pause job {job_id}: it is being cancelled")
-    raise _refuse(job, "pause", "only queued or running jobs can be paused")
-
-
-def resume(session: Session, job_id: int) -> Job:
-    """Queue a paused job again, or withdraw a pause request a running job has not honoured yet.
-
-    Resuming a queued job does nothing.
-    """
-    if _set(session, job_id, ["paused"], {"state": "queued"}):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"job {job_id} resumed")
-        _retrain_jobs_moved(session, [job_id])
-        return job
-    if _set(session, job_id, ["running"], {"requested": None}, jobs.c.requested == "pause"):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"pause request of job {job_id} withdrawn")
-        return job
-    job = _fresh(session, job_id)
-    if job.state == "queued" or (job.state == "running" and job.requested is None):
-        return job
-    raise _refuse(job, "resume", "only paused jobs can be resumed")
-
-
-def request_cancel(session: Session, job_id: int) -> Job:
-    """Cancel a job: a queued or paused job at once, a running one when its worker next checks.
-
-    Cancelling a cancelled job does nothing. Jobs that depend on a cancelled
-    job are cancelled too.
-    """
-    cancelled = {"state": "cancelled", "requested": None, "finished_at": _now(session)}
-    if _set(session, job_id, ["queued", "paused"], cancelled):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
-        _retrain_jobs_moved(session, [job_id])
-        _cancel_orphans(session)
-        return job
-    not_yet = or_(jobs.c.requested.is_(None), jobs.c.requested != "cancel")
-    if _set(session, job_id, ["running"], {"requested": "cancel"}, not_yet):
-        job = _fresh(session, job_id)
-        _log(session, job_id, job.experiment_id, f"cancel of job {job_id} requested")
-        return job
-    job = _fresh(session, job_id)
-    if job.state == "cancelled" or (job.state == "running" and job.requested == "cancel"):
-        return job
-    raise _refuse(job, "cancel", "it has already ended")
-
-
-def retry(session: Session, job_id: int) -> list[Job]:
-    """Queue a failed or cancelled job again, with the jobs that were cancelled because it ended.
-
-    The job keeps its progress and checkpoints, so the next worker resumes from the
-    latest checkpoint (a failure that is deterministic, such as a loss that diverges
-    at the same step, will recur). Its error, end time and count of lost workers are
-    cleared. Jobs that wait for it and were cancelled only because it ended are
-    queued again too, transitively; jobs the user cancelled stay cancelled. A job
-    whose own dependency failed or was cancelled cannot run, so it is refused: retry
-    the dependency instead.
-
-    Returns:
-        The jobs queued again, the retried job first.
-    """
-    job = _fresh(session, job_id)
-    if job.state not in ("failed", "cancelled"):
-        raise _refuse(job, "retry", "only failed or cancelled jobs can be retried")
-    if job.depends_on_id is not None:
-        dependency = _fresh(session, job.depends_on_id)
-        if dependency.state in ("failed", "cancelled"):
-            raise JobStateError(
-                f"cannot retry job {job_id}: job {dependency.id}, which it waits for, "
-                f"{dependency.state}; retry that one instead"
-            )
-    again = {
-        "state": "queued",
-        "requested": None,
-        "worker_id": None,
-        "error": None,
-        "finished_at": None,
-        "eta_seconds": None,
-        "workers_lost": 0,
-    }
-    if not _set(session, job_id, ["failed", "cancelled"], again):
-        raise _refuse(_fresh(session, job_id), "retry", "it changed in the meantime")
-    _log(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) queued again (retry)")
-    retried = [job_id]
-    waiting = [job_id]
-    while waiting:
-        dependency_id = waiting.pop(0)
-        cancelled_with_it = [
-            jobs.c.depends_on_id == dependency_id,
-            jobs.c.error.startswith(_orphan_reason(dependency_id), autoescape=True),
-        ]
-        dependants = session.execute(
-            select(jobs.c.id, jobs.c.experiment_id).where(
-                jobs.c.state == "cancelled", *cancelled_with_it
-            )
-        ).all()
-        for dependant_id, experiment_id in dependants:
-            if _set(session, dependant_id, ["cancelled"], again, *cancelled_with_it):
-                _log(
-                    session,
-                    dependant_id,
-                    experiment_id,
-                    f"job {dependant_id} queued again: job {dependency_id}, "
-                    "which it waits for, was retried",
-                )
-                retried.append(dependant_id)
-                waiting.append(dependant_id)
-    _retrain_jobs_moved(session, retried)
-    return [_fresh(session, ident) for ident in retried]
 
 
 def _worker_transition(
@@ -677,17 +504,17 @@ def _worker_transition(
 ) -> Job:
     """Move a running job on behalf of its worker, checking the worker still owns it."""
     owner = [] if worker_id is None else [jobs.c.worker_id == worker_id]
-    if not _set(session, job_id, ["running"], values, *owner):
-        job = _fresh(session, job_id)
+    if not set_state(session, job_id, ["running"], values, *owner):
+        job = fresh_job(session, job_id)
         if job.state == "running":
             raise JobStateError(
                 f"cannot {action} job {job_id}: it is running on worker {job.worker_id}, "
                 f"not {worker_id}"
             )
-        raise _refuse(job, action, "only running jobs can be")
+        raise refuse(job, action, "only running jobs can be")
     _release_worker(session, job_id)
-    _retrain_jobs_moved(session, [job_id])
-    return _fresh(session, job_id)
+    retrain_jobs_moved(session, [job_id])
+    return fresh_job(session, job_id)
 
 
 def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Job:
@@ -703,10 +530,10 @@ def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Jo
         "requested": None,
         "progress": 1.0,
         "eta_seconds": None,
-        "finished_at": _now(session),
+        "finished_at": now_sql(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "finish")
-    _log(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
+    log_event(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
     return job
 
 
@@ -724,14 +551,14 @@ def fail(session: Session, job_id: int, error: str, *, worker_id: str | None = N
         "requested": None,
         "error": error,
         "eta_seconds": None,
-        "finished_at": _now(session),
+        "finished_at": now_sql(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "fail")
-    summary = error.strip().splitlines()[0] if error.strip() else "no reason given"
-    _log(
+    summary = first_line(error, "no reason given")
+    log_event(
         session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) failed: {summary}", "error"
     )
-    _cancel_orphans(session)
+    cancel_orphans(session)
     return job
 
 
@@ -739,7 +566,7 @@ def mark_paused(session: Session, job_id: int, *, worker_id: str | None = None) 
     """Record that a worker stopped a job on a pause request (after checkpointing)."""
     values = {"state": "paused", "requested": None, "worker_id": None, "eta_seconds": None}
     job = _worker_transition(session, job_id, worker_id, values, "pause")
-    _log(session, job_id, job.experiment_id, f"job {job_id} paused")
+    log_event(session, job_id, job.experiment_id, f"job {job_id} paused")
     return job
 
 
@@ -749,11 +576,11 @@ def mark_cancelled(session: Session, job_id: int, *, worker_id: str | None = Non
         "state": "cancelled",
         "requested": None,
         "eta_seconds": None,
-        "finished_at": _now(session),
+        "finished_at": now_sql(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "cancel")
-    _log(session, job_id, job.experiment_id, f"job {job_id} cancelled")
-    _cancel_orphans(session)
+    log_event(session, job_id, job.experiment_id, f"job {job_id} cancelled")
+    cancel_orphans(session)
     return job
 
 
@@ -763,7 +590,7 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
     A pending request wins: a job asked to pause becomes paused, one asked to
     cancel becomes cancelled.
     """
-    job = _fresh(session, job_id)
+    job = fresh_job(session, job_id)
     state = {"cancel": "cancelled", "pause": "paused"}.get(job.requested or "", "queued")
     values: dict[str, Any] = {
         "state": state,
@@ -772,13 +599,13 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
         "eta_seconds": None,
     }
     if state == "cancelled":
-        values["finished_at"] = _now(session)
+        values["finished_at"] = now_sql(session)
     request_unchanged = (
         jobs.c.requested.is_(None) if job.requested is None else jobs.c.requested == job.requested
     )
     owner = [] if worker_id is None else [jobs.c.worker_id == worker_id]
-    if not _set(session, job_id, ["running"], values, request_unchanged, *owner):
-        job = _fresh(session, job_id)
+    if not set_state(session, job_id, ["running"], values, request_unchanged, *owner):
+        job = fresh_job(session, job_id)
         if job.state == "running":
             # The request changed in between, or another worker owns it now.
             if worker_id is not None and job.worker_id != worker_id:
@@ -787,89 +614,16 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
                     f"not {worker_id}"
                 )
             return requeue(session, job_id, worker_id=worker_id)
-        raise _refuse(job, "requeue", "only running jobs can be")
+        raise refuse(job, "requeue", "only running jobs can be")
     _release_worker(session, job_id)
-    _retrain_jobs_moved(session, [job_id])
-    job = _fresh(session, job_id)
-    _log(
+    retrain_jobs_moved(session, [job_id])
+    job = fresh_job(session, job_id)
+    log_event(
         session,
         job_id,
         job.experiment_id,
         f"job {job_id} {'requeued' if state == 'queued' else state}",
     )
     if state == "cancelled":
-        _cancel_orphans(session)
+        cancel_orphans(session)
     return job
-
-
-# --- worker registry -----------------------------------------------------------------------------
-
-
-def register_worker(
-    engine_or_db: Engine | Database,
-    *,
-    device: str,
-    host: str | None = None,
-    pid: int | None = None,
-) -> str:
-    """Register a worker process and return its id ("host:pid:uuid8").
-
-    Args:
-        engine_or_db: The database.
-        device: What it computes on, e.g. "cuda:0" or "cpu".
-        host: Host name; defaults to this host.
-        pid: Process id; defaults to this process.
-    """
-    host = host or socket.gethostname()
-    pid = os.getpid() if pid is None else pid
-    worker_id = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
-    with _engine(engine_or_db).begin() as connection:
-        now = _db_now(connection)
-        connection.execute(
-            insert(workers).values(
-                id=worker_id, host=host, pid=pid, device=device, started_at=now, heartbeat_at=now
-            )
-        )
-    return worker_id
-
-
-def worker_heartbeat(engine_or_db: Engine | Database, worker_id: str) -> None:
-    """Record that a worker is alive (call it even while idle)."""
-    with _engine(engine_or_db).begin() as connection:
-        result = connection.execute(
-            update(workers).where(workers.c.id == worker_id).values(heartbeat_at=_now(connection))
-        )
-    if result.rowcount != 1:
-        raise NotFoundError(f"no worker with id {worker_id}")
-
-
-def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
-    """Record that a worker exited cleanly."""
-    with _engine(engine_or_db).begin() as connection:
-        result = connection.execute(
-            update(workers)
-            .where(workers.c.id == worker_id)
-            .values(stopped_at=_now(connection), current_job_id=None)
-        )
-    if result.rowcount != 1:
-        raise NotFoundError(f"no worker with id {worker_id}")
-
-
-def alive_workers(engine_or_db: Engine | Database, within_s: float) -> list[WorkerInfo]:
-    """Workers that have not stopped and sent a heartbeat in the last ``within_s`` seconds."""
-    with _engine(engine_or_db).connect() as connection:
-        cutoff = _db_now(connection) - timedelta(seconds=within_s)
-        rows = connection.execute(
-            select(
-                workers.c.id,
-                workers.c.host,
-                workers.c.pid,
-                workers.c.device,
-                workers.c.started_at,
-                workers.c.heartbeat_at,
-                workers.c.current_job_id,
-            )
-            .where(workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= cutoff)
-            .order_by(workers.c.started_at, workers.c.id)
-        ).all()
-    return [WorkerInfo(*row) for row in rows]

@@ -338,7 +338,7 @@ def is_partial(method: Any) -> ColumnElement[bool]:
     """Whether a score's method marks it partial: racing dropped the candidate early.
 
     Racing's dropped candidates are labelled "racing", or "racing+..." when the
-    scoring differed from one plain pass (``engine.worker.score_method``); its
+    scoring differed from one plain pass (``engine.params.score_method``); its
     survivors, scored on every image, are labelled "full" like any complete score.
     """
     return or_(method == "racing", method.like("racing+%"))

@@ -1,72 +1,15 @@
-"""The values of the data layer: its config, its error and the loaded splits."""
+"""The values of the data layer: the loaded splits (its config and error live in
+`engine.config` and `engine.errors`, torch-free, and are re-exported here)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
 
-BUILT_IN_KINDS = ("synthetic", "cifar10", "cifar100", "stl10")
-PATH_KINDS = ("npz", "folder")
-
-
-class DatasetError(ValueError):
-    """A data set that cannot be loaded; the message is one line meant for the user."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which data set to load and how to split it."""
-
-    dataset: str = "synthetic"  # synthetic, cifar10, cifar100, stl10, npz:PATH or folder:PATH
-    root: str | None = None  # download cache; None: $SMASH_DATA, else the user cache dir
-    val_size: float | None = None  # <1: fraction of train, >=1: count; None: the set's usual
-    split_seed: int = 0  # seed of the validation carve-out, fixed so scores stay comparable
-    download: bool = True  # let torchvision fetch missing files
-    synthetic_train: int = 5000  # synthetic training images (before the carve-out)
-    synthetic_test: int = 1000  # synthetic test images
-    synthetic_seed: int = 0  # seed of the synthetic images themselves
-    image_size: int | None = None  # resize to this square side (needed for mixed-size folders)
-
-    def __post_init__(self) -> None:
-        kind, _, path = self.dataset.partition(":")
-        if self.dataset not in BUILT_IN_KINDS and not (kind in PATH_KINDS and path):
-            choices = ", ".join(BUILT_IN_KINDS + tuple(f"{k}:PATH" for k in PATH_KINDS))
-            raise DatasetError(f"unknown data set {self.dataset!r}: expected one of {choices}")
-        size = self.val_size
-        # Written so that NaN and infinity fail too.
-        if size is not None and not (0 <= size < 1 or (size >= 1 and float(size).is_integer())):
-            raise DatasetError(
-                f"val_size must be a fraction in [0, 1) or a whole count, got {self.val_size}"
-            )
-        if self.synthetic_train < 1 or self.synthetic_test < 1:
-            raise DatasetError("synthetic_train and synthetic_test must be at least 1")
-        if self.image_size is not None and self.image_size < 1:
-            raise DatasetError(f"image_size must be at least 1, got {self.image_size}")
-
-    @property
-    def kind(self) -> str:
-        """The data set kind without its path: `npz:/a/b` gives `npz`."""
-        return self.dataset.partition(":")[0]
-
-    @property
-    def path(self) -> Path | None:
-        """The path of an `npz:` or `folder:` data set, else None."""
-        if self.kind not in PATH_KINDS:
-            return None
-        return Path(self.dataset.partition(":")[2]).expanduser()
-
-    def cache_dir(self) -> Path:
-        """Where torchvision data sets are downloaded to and looked for."""
-        if self.root is not None:
-            return Path(self.root).expanduser()
-        if os.environ.get("SMASH_DATA"):
-            return Path(os.environ["SMASH_DATA"]).expanduser()
-        return Path(platformdirs.user_cache_dir("smash")) / "datasets"
+from engine.config import BUILT_IN_KINDS, PATH_KINDS, DataConfig
+from engine.errors import DatasetError
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,3 +78,6 @@ class Dataset:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+
+__all__ = ["BUILT_IN_KINDS", "PATH_KINDS", "DataConfig", "Dataset", "DatasetError", "Split"]

@@ -1,4 +1,4 @@
-"""The command center's views, widgets, messages and helpers (see ``smash_tui.app``).
+"""The command center's views, widgets, messages and helpers (see ``smash_tui.tui.app``).
 
 - ``base``: the view base class; ``dashboard``, ``architectures``, ``jobs``,
   ``analysis`` (proxy vs truth, Pareto): the views; ``dialogs``: modal forms.

@@ -21,7 +21,7 @@ from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import ParetoData, ProxyData
-    from storage.dashboard import ChangeMarker
+    from storage.summaries import ChangeMarker
 
 
 def error_cell(err: float | None, partial: bool) -> Text:

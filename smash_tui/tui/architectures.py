@@ -37,8 +37,8 @@ from smash_tui.tui.spec_view import spec_diagram
 from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
-    from storage.dashboard import ChangeMarker
     from storage.queries import ArchitectureDetail, ArchitectureRow, Filter, PageCursor
+    from storage.summaries import ChangeMarker
 
 # Rows per window read from the database.
 PAGE = 200

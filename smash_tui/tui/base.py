@@ -12,7 +12,7 @@ from textual.widgets import Footer
 from smash_tui.tui.widgets import ViewBar
 
 if TYPE_CHECKING:
-    from smash_tui.app import SmashApp
+    from smash_tui.tui.app import SmashApp
     from smash_tui.tui.data import Store
 
 

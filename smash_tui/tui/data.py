@@ -13,21 +13,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
-from smash_tui.enqueue import enqueue_retrain
-from smash_tui.launch import ALIVE_WITHIN_S
+from smash_tui.runner.launch import ALIVE_WITHIN_S
+from smash_tui.submit import enqueue_retrain
 from smash_tui.tui.forms import RetrainSettings
 from smash_tui.tui.stats import Correlation, correlation, pareto_front
-from storage.dashboard import (
-    ChangeMarker,
-    ExperimentSummary,
-    ProxyPair,
-    architecture_rows,
-    change_marker,
-    experiment_summaries,
-    latest_metrics,
-    proxy_pairs,
-    scored_costs,
-)
+from storage.control import request_cancel, request_pause, resume, retry
 from storage.db import Database, open_database
 from storage.errors import StorageError
 from storage.queries import (
@@ -43,14 +33,18 @@ from storage.queries import (
     metric_series,
     recent_events,
 )
-from storage.queue import (
-    WorkerInfo,
-    alive_workers,
-    request_cancel,
-    request_pause,
-    resume,
-    retry,
+from storage.summaries import (
+    ChangeMarker,
+    ExperimentSummary,
+    ProxyPair,
+    architecture_rows,
+    change_marker,
+    experiment_summaries,
+    latest_metrics,
+    proxy_pairs,
+    scored_costs,
 )
+from storage.workers import WorkerInfo, alive_workers
 
 # Points drawn behind the Pareto front: a stride sample of all scored architectures.
 PARETO_BACKGROUND_POINTS: Final = 2000

@@ -7,6 +7,8 @@ from datetime import datetime
 
 from rich.text import Text
 
+from storage.errors import first_line as storage_first_line
+
 # Block characters for eighths of a cell, for progress bars finer than a cell.
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -92,7 +94,5 @@ def state_text(state: str | None, requested: str | None = None) -> Text:
 
 def first_line(text: str | None, width: int = 60) -> str:
     """The first line of a message, cut to ``width`` characters."""
-    if not text:
-        return ""
-    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = storage_first_line(text)
     return line if len(line) <= width else line[: width - 1] + "…"

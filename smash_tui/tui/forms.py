@@ -1,8 +1,7 @@
 """What the app's forms ask for, and their validation (no Textual, no database).
 
-The choices mirror the engine's (``engine.space.PRESETS``,
-``engine.search.STRATEGIES``, ``engine.data.core.BUILT_IN_KINDS``); the app
-cannot import the engine (it would load torch), and a test checks the copies.
+The choices are the engine's own (``engine.space.PRESETS``, ``engine.config``),
+read from its torch-free modules.
 """
 
 from __future__ import annotations
@@ -12,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-PRESETS: Final = ("tiny", "small", "paper", "paper-varop")
-STRATEGIES: Final = ("random", "perturb", "markov", "evolution", "paper")
-BUILT_IN_DATASETS: Final = ("synthetic", "cifar10", "cifar100", "stl10")
-PATH_DATASETS: Final = ("npz", "folder")
+from engine.config import BUILT_IN_KINDS, PATH_KINDS, STRATEGIES
+from engine.space import PRESETS as ENGINE_PRESETS
+
+PRESETS: Final = tuple(ENGINE_PRESETS)
+BUILT_IN_DATASETS: Final = BUILT_IN_KINDS
+PATH_DATASETS: Final = PATH_KINDS
 
 
 class FormError(ValueError):

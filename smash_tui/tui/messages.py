@@ -15,8 +15,8 @@ from textual.message import Message
 if TYPE_CHECKING:
     from smash_tui.tui.data import DashboardData, JobView, ParetoData, ProxyData, Store
     from smash_tui.tui.processes import GpuStatus
-    from storage.dashboard import ChangeMarker, ExperimentSummary
     from storage.queries import ArchitectureDetail, ArchitecturePage, Filter
+    from storage.summaries import ChangeMarker, ExperimentSummary
 
 
 class StoreOpened(Message):

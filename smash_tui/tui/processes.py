@@ -29,7 +29,7 @@ class CommandError(Exception):
 def smash_command() -> list[str]:
     """The argv prefix that runs the `smash` CLI of this very installation.
 
-    The same interpreter runs the Typer app directly (as ``smash_tui.launch``
+    The same interpreter runs the Typer app directly (as ``smash_tui.runner.launch``
     does for workers), so it works from a source checkout and never picks up
     another `smash` on PATH.
     """
@@ -45,13 +45,13 @@ class Launched:
 
 
 def launch_worker(db: Database) -> Launched:
-    """Start `smash worker` for ``db`` detached (see ``smash_tui.launch``): it outlives the app.
+    """Start `smash worker` for ``db`` detached (see ``smash_tui.runner.launch``): it outlives the app.
 
     Args:
         db: The database the worker serves; its output goes under ``db.logs_dir``.
     """
     # Imported here: it loads SQLAlchemy, which the app keeps off its start-up path.
-    from smash_tui import launch
+    from smash_tui.runner import launch
 
     launched = launch.launch_worker(db)
     return Launched(launched.pid, launched.output_path)

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from engine.data import DataConfig
 from engine.families import resnet_style
 from engine.hypernet import HyperNetConfig
+from engine.jobs import prepare_experiment
 from engine.space import PRESETS
-from engine.worker import prepare_experiment
 from smash_tui.cli import app
 from storage.db import Database
 from storage.records import ArchitectureIn, add_architectures, create_experiment

@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from engine.params import score_method
 from engine.score import ScoreConfig, Scorer
-from engine.worker import score_method
 from smash_tui.cli import app
-from smash_tui.enqueue import enqueue_score
-from smash_tui.worker_process import Worker, WorkerConfig
+from smash_tui.runner.worker import Worker, WorkerConfig
+from smash_tui.submit import enqueue_score
 from storage.db import open_database
 from storage.models import Architecture, Checkpoint, Event, Experiment, Job, Metric, Retrain, Score
 from storage.queue import enqueue

@@ -14,9 +14,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from engine.space import PRESETS
-from smash_tui.commands.run import SearchRequest, create_search
-from smash_tui.enqueue import enqueue_retrain, enqueue_score
-from smash_tui.worker_process import Worker, WorkerConfig
+from smash_tui.cli.run import SearchRequest, create_search
+from smash_tui.runner.worker import Worker, WorkerConfig
+from smash_tui.submit import enqueue_retrain, enqueue_score
 from storage.db import Database, normalize_url, open_database
 from storage.models import Architecture, Checkpoint, Event, Job, Metric, Retrain, Score
 from storage.queue import enqueue

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from engine.arch import validate
+from engine.config import STRATEGIES, SearchConfig
 from engine.data import Dataset, DeviceImages, Split
 from engine.network import SmashNet
 from engine.sampler import sample
 from engine.score import RaceConfig, Racer, Score, ScoreConfig, Scorer, rank_key
-from engine.search import STRATEGIES, SearchConfig, run_search
+from engine.search import run_search
 from engine.space import PRESETS
 
 TINY = PRESETS["tiny"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from storage.db import open_database
-from storage.queue import claim, finish, register_worker
+from storage.queue import claim, finish
+from storage.workers import register_worker
 
 
 def drain(url: str, start: Any, out_path: str) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from storage.control import request_cancel, request_pause, resume, retry
 from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError
 from storage.models import Event, Job, utcnow
 from storage.queue import (
     MAX_WORKERS_LOST,
-    alive_workers,
     claim,
     enqueue,
     fail,
@@ -25,15 +25,8 @@ from storage.queue import (
     latest_checkpoint,
     mark_cancelled,
     mark_paused,
-    register_worker,
-    request_cancel,
-    request_pause,
     requeue,
     requeue_stale,
-    resume,
-    retry,
-    stop_worker,
-    worker_heartbeat,
 )
 from storage.records import (
     ArchitectureIn,
@@ -43,6 +36,7 @@ from storage.records import (
     get_retrain,
     start_retrain,
 )
+from storage.workers import alive_workers, register_worker, stop_worker, worker_heartbeat
 
 
 def _enqueue(db: Database, experiment_id: int, kind: str = "train", **kwargs: object) -> int:

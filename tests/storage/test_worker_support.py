@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from storage.db import Database
-from storage.queue import claim, enqueue, finish, register_worker
+from storage.queue import claim, enqueue, finish
 from storage.records import (
     ArchitectureIn,
     ScoreIn,
@@ -16,6 +16,7 @@ from storage.records import (
     start_retrain,
     unfinished_retrain,
 )
+from storage.workers import register_worker
 
 
 def _arch(hash_: str) -> ArchitectureIn:

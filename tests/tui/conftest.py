@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from smash_tui.app import SmashApp
+from smash_tui.tui.app import SmashApp
 from smash_tui.tui.processes import Launched
 from storage.db import Database, normalize_url
 from tests.tui.fixtures import FIXED_NOW, Fixture, build_fixture

@@ -20,7 +20,7 @@ from sqlalchemy import update
 
 from storage.db import Database, open_database
 from storage.models import Architecture, Event, Experiment, Job, Metric, Retrain, Score
-from storage.queue import claim, enqueue, finish, heartbeat, register_worker, stop_worker
+from storage.queue import claim, enqueue, finish, heartbeat
 from storage.records import (
     ArchitectureIn,
     MetricIn,
@@ -35,6 +35,7 @@ from storage.records import (
     set_experiment_status,
     start_retrain,
 )
+from storage.workers import register_worker, stop_worker
 
 FIXED_NOW = datetime(2025, 3, 14, 12, 0, 0, tzinfo=timezone.utc)
 # SMASH error and retrained accuracy of the retrained architectures: Kendall tau -0.8,

@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
-from smash_tui.app import SCREENS, SmashApp, screen_class
+from smash_tui.tui.app import SCREENS, SmashApp, screen_class
 from smash_tui.tui.architectures import GRID_COLUMNS, ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen
 from smash_tui.tui.dialogs import ConfirmDialog, HelpScreen, NewSearchDialog, RetrainDialog
@@ -694,7 +694,7 @@ async def test_dashboard_shows_the_gpu_of_a_local_cuda_worker(
 
     from smash_tui.tui import dashboard
     from smash_tui.tui.processes import GpuStatus
-    from storage.queue import register_worker
+    from storage.workers import register_worker
 
     db = open_database(fixture.url)
     register_worker(db, device="cuda:0", host=socket.gethostname(), pid=1)

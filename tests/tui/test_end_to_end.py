@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
-from smash_tui.app import SmashApp
+from smash_tui.tui.app import SmashApp
 from smash_tui.tui.architectures import ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen
 from smash_tui.tui.dialogs import NewSearchDialog
 from smash_tui.tui.grid import Grid
 from smash_tui.tui.processes import Launched, launch_worker, run_smash
 from storage.db import Database, normalize_url, open_database
-from storage.queue import alive_workers
+from storage.workers import alive_workers
 from tests.tui.conftest import settle
 
 pytest.importorskip("torch")  # the worker needs it; the app itself does not

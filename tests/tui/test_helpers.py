@@ -165,18 +165,6 @@ def test_search_settings_become_smash_search_options() -> None:
     ]  # fmt: skip
 
 
-def test_form_choices_mirror_the_engine() -> None:
-    pytest.importorskip("torch")
-    from engine.data.core import BUILT_IN_KINDS, PATH_KINDS
-    from engine.search import STRATEGIES
-    from engine.space import PRESETS
-
-    assert set(forms.PRESETS) == set(PRESETS)
-    assert forms.STRATEGIES == STRATEGIES
-    assert forms.BUILT_IN_DATASETS == BUILT_IN_KINDS
-    assert forms.PATH_DATASETS == PATH_KINDS
-
-
 # --- the architecture diagram ---------------------------------------------------------------------
 
 

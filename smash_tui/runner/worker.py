@@ -28,7 +28,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -36,38 +36,20 @@ from typing import Any, Protocol
 
 import torch
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from engine.arch import Architecture, InvalidArchitecture
+from engine.arch import InvalidArchitecture
 from engine.checkpoint import CheckpointError
-from engine.data import DatasetError
-from engine.retrain import RetrainError
-from engine.score import Score
+from engine.device import resolve_device, set_threads
+from engine.errors import ConfigError, DatasetError, RetrainError, first_line
 from engine.space import InvalidSearchSpace
 from engine.train import TrainingDiverged
-from engine.worker import (
-    ConfigError,
-    ExperimentSpec,
-    RetrainParams,
-    ScoredArchitecture,
-    ScoreParams,
-    SearchParams,
-    TrainParams,
-    first_line,
-    resolve_device,
-    run_retrain_job,
-    run_score_job,
-    run_search_job,
-    run_train,
-    score_method,
-    set_threads,
-)
-from storage import queue, records
+from smash_tui.runner.handlers import HANDLERS, Finalizer
+from smash_tui.runner.reporter import JobContext
+from storage import queue, records, workers
 from storage.db import Database
 from storage.errors import JobStateError, StorageError
-from storage.models import JOB_KINDS, Checkpoint, Experiment, Job
+from storage.models import JOB_KINDS, Job
 from storage.queries import list_jobs
-from storage.records import ArchitectureIn, MetricIn, ScoreIn
 
 log = logging.getLogger("smash.worker")
 
@@ -134,135 +116,6 @@ class WorkerObserver(Protocol):
         """Nothing to claim now; the worker waits for the jobs it was given."""
 
 
-# A job handler returns None when the job stopped on request, else what to write
-# in the transaction that marks it done.
-Finalizer = Callable[[Session], None]
-
-
-class _JobContext:
-    """One running job: the engine's `JobReporter`, backed by the database.
-
-    The main thread reports through it; the heartbeat thread reads the latest
-    progress and hands back the user's requests.
-    """
-
-    def __init__(self, worker: Worker, job: Job) -> None:
-        self.worker = worker
-        self.db = worker.db
-        self.job_id = job.id
-        self.kind = job.kind
-        self.experiment_id = job.experiment_id
-        self.checkpoint_id: int | None = None  # HyperNet checkpoint scores are recorded against
-        self.retrain_id: int | None = None  # the retrain row of a retrain job
-        self.scored_count = 0
-        self.best_error = math.inf
-        self._lock = threading.Lock()
-        self._progress: tuple[float, str, float | None] | None = None
-        self._request = "none"
-        self._taken_away = False
-        self._metrics: list[MetricIn] = []
-        self._metrics_written = time.monotonic()
-
-    # --- the heartbeat thread's side ---
-
-    def pending_progress(self) -> tuple[float | None, str | None, float | None]:
-        with self._lock:
-            if self._progress is None:
-                return None, None, None
-            return self._progress
-
-    def apply(self, control: queue.Control) -> None:
-        with self._lock:
-            if control.taken_away:
-                self._taken_away = True
-            self._request = control.request
-
-    @property
-    def taken_away(self) -> bool:
-        with self._lock:
-            return self._taken_away
-
-    # --- JobReporter ---
-
-    def progress(self, fraction: float, text: str, eta_s: float | None = None) -> None:
-        with self._lock:
-            self._progress = (fraction, text, eta_s)
-        self.worker.notify("job_progress", self.job_id, fraction, text)
-
-    def metrics(self, step: int, values: Mapping[str, float]) -> None:
-        self._metrics.extend(
-            MetricIn(self.job_id, step, name, float(value)) for name, value in values.items()
-        )
-        if time.monotonic() - self._metrics_written >= self.worker.config.metrics_every_s:
-            self.flush_metrics()
-
-    def flush_metrics(self) -> None:
-        if self._metrics:
-            with self.db.session() as session:
-                records.add_metrics(session, self._metrics)
-                session.commit()
-            self._metrics = []
-        self._metrics_written = time.monotonic()
-
-    def event(self, message: str, level: str = "info") -> None:
-        log.info("job %d: %s", self.job_id, message)
-        with self.db.session() as session:
-            records.add_event(
-                session, message, level=level, job_id=self.job_id, experiment_id=self.experiment_id
-            )
-            session.commit()
-
-    def checkpoint(self, step: int, path: str, metrics: Mapping[str, float]) -> None:
-        # Points up to the checkpoint go in first, so a resumed run's curve has no gap.
-        self.flush_metrics()
-        with self.db.session() as session:
-            records.add_checkpoint(session, self.job_id, step, path, dict(metrics))
-            session.commit()
-        log.info("job %d: checkpoint at step %d: %s", self.job_id, step, path)
-
-    def scored(self, results: Sequence[ScoredArchitecture]) -> None:
-        with self.db.session() as session:
-            ids = records.add_architectures(
-                session,
-                self.experiment_id,
-                [
-                    ArchitectureIn(
-                        hash=item.hash,
-                        spec=item.spec,
-                        params=item.params,
-                        flops=item.flops,
-                        depth=item.depth,
-                        num_ops=item.num_ops,
-                        source=item.source,
-                    )
-                    for item in results
-                ],
-            )
-            records.add_scores(
-                session,
-                [
-                    ScoreIn(
-                        architecture_id=ids[item.hash],
-                        error=item.error,
-                        loss=item.loss,
-                        images=item.images,
-                        z_draws=item.z_draws,
-                        method=item.method,
-                        checkpoint_id=self.checkpoint_id,
-                        job_id=self.job_id,
-                    )
-                    for item in results
-                ],
-            )
-            session.commit()
-        self.scored_count += len(results)
-        self.best_error = min([self.best_error, *(item.error for item in results)])
-        log.info("job %d: committed %d scored architectures", self.job_id, len(results))
-
-    def should_stop(self) -> bool:
-        with self._lock:
-            asked = self._taken_away or self._request != "none"
-        return asked or self.worker.stopping
 
 
 class Worker:
@@ -287,7 +140,7 @@ class Worker:
         self._wake = threading.Event()
         self._heartbeat_stop = threading.Event()
         self._heartbeat_kick = threading.Event()
-        self._current: _JobContext | None = None
+        self._current: JobContext | None = None
         self._device: torch.device | None = None
 
     # --- control ---
@@ -350,7 +203,7 @@ class Worker:
         self._device = resolve_device(self.config.device)
         if self.config.threads is not None:
             set_threads(self.config.threads)
-        self.worker_id = queue.register_worker(self.db, device=str(self._device))
+        self.worker_id = workers.register_worker(self.db, device=str(self._device))
         handler = self._open_log()
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="smash-heartbeat", daemon=True
@@ -381,7 +234,7 @@ class Worker:
             self._heartbeat_kick.set()
             heartbeat.join(timeout=30)
             try:
-                queue.stop_worker(self.db, self.worker_id)
+                workers.stop_worker(self.db, self.worker_id)
             except StorageError:
                 log.warning("could not record the worker's stop", exc_info=True)
             log.info("worker %s stopped", self.worker_id)
@@ -441,7 +294,7 @@ class Worker:
             if self._heartbeat_stop.is_set():
                 return
             try:
-                queue.worker_heartbeat(self.db, self.worker_id)
+                workers.worker_heartbeat(self.db, self.worker_id)
                 context = self._current
                 if context is not None:
                     fraction, text, eta = context.pending_progress()
@@ -475,19 +328,14 @@ class Worker:
             if experiment.status != "running":
                 records.set_experiment_status(session, experiment.id, "running")
             session.commit()
-        context = _JobContext(self, job)
+        context = JobContext(self, job)
         self._current = context
         self._heartbeat_kick.set()  # a pause asked for before the claim is seen at once
         log.info("job %d (%s) claimed, attempt %d", job.id, job.kind, job.attempts)
         self.notify("job_started", job.id, job.kind, job.experiment_id)
-        handlers = {
-            "train": self._train,
-            "search": self._search,
-            "score": self._score,
-            "retrain": self._retrain,
-        }
         try:
-            finalize = handlers[job.kind](context, job, experiment)
+            assert self._device is not None
+            finalize = HANDLERS[job.kind](self.db, self._device, context, job, experiment)
             context.flush_metrics()
             self._last_heartbeat(context)
             if finalize is None or context.taken_away:
@@ -505,7 +353,7 @@ class Worker:
             self._current = None
             self._update_experiment_status(job.experiment_id)
 
-    def _last_heartbeat(self, context: _JobContext) -> None:
+    def _last_heartbeat(self, context: JobContext) -> None:
         """Write the job's final progress text, which the periodic heartbeat may not have sent."""
         assert self.worker_id is not None
         fraction, text, eta = context.pending_progress()
@@ -521,7 +369,7 @@ class Worker:
                 )
             )
 
-    def _finish(self, context: _JobContext, finalize: Finalizer) -> None:
+    def _finish(self, context: JobContext, finalize: Finalizer) -> None:
         assert self.worker_id is not None
         try:
             with self.db.session() as session:
@@ -535,7 +383,7 @@ class Worker:
         log.info("job %d (%s) done", context.job_id, context.kind)
         self.notify("job_ended", context.job_id, "done", "")
 
-    def _stopped(self, context: _JobContext) -> str:
+    def _stopped(self, context: JobContext) -> str:
         """Mark a job that stopped on request: paused, cancelled or back in the queue."""
         assert self.worker_id is not None
         if context.taken_away:
@@ -561,7 +409,7 @@ class Worker:
         log.info("job %d (%s) stopped: now %s", context.job_id, context.kind, job.state)
         return job.state
 
-    def _failed(self, context: _JobContext, exc: Exception) -> None:
+    def _failed(self, context: JobContext, exc: Exception) -> None:
         assert self.worker_id is not None
         if isinstance(exc, USER_ERRORS):
             message = first_line(exc)
@@ -583,7 +431,7 @@ class Worker:
             log.warning("job %d: could not record its failure: %s", context.job_id, error)
         self.notify("job_ended", context.job_id, "failed", message)
 
-    def _give_back(self, context: _JobContext) -> None:
+    def _give_back(self, context: JobContext) -> None:
         assert self.worker_id is not None
         try:
             with self.db.session() as session:
@@ -608,196 +456,3 @@ class Worker:
                 session.commit()
         except StorageError:
             log.warning("could not update experiment %d's status", experiment_id, exc_info=True)
-
-    # --- the job kinds ---
-
-    def _job_dir(self, experiment_id: int) -> Path:
-        path = self.db.checkpoints_dir / f"experiment-{experiment_id}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    @staticmethod
-    def _spec(experiment: Experiment) -> ExperimentSpec:
-        return ExperimentSpec.from_record(
-            experiment.search_space, experiment.config, experiment.seed
-        )
-
-    def _train(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
-        assert self._device is not None
-        spec = self._spec(experiment)
-        params = TrainParams.from_params(job.params)
-        path = self._job_dir(experiment.id) / f"train-{job.id}.pt"
-        if path.exists():
-            with self.db.session() as session:
-                saved = queue.latest_checkpoint(session, job.id)
-            step = "an unrecorded step" if saved is None else f"step {saved.step}"
-            context.event(f"resuming HyperNet training from its checkpoint at {step}")
-        finished = run_train(spec, params, context, device=self._device, checkpoint_path=path)
-        if not finished:
-            return None
-
-        def finalize(session: Session) -> None:
-            saved = queue.latest_checkpoint(session, job.id)
-            step = "?" if saved is None else saved.step
-            records.add_event(session, f"HyperNet trained: {step} steps", job_id=job.id)
-
-        return finalize
-
-    def _hypernet_checkpoint(
-        self, session: Session, job: Job, experiment: Experiment
-    ) -> Checkpoint:
-        if job.depends_on_id is not None:
-            dependency = records.get_job(session, job.depends_on_id)
-            if dependency.kind == "train":
-                saved = queue.latest_checkpoint(session, dependency.id)
-                if saved is None:
-                    raise ConfigError(f"train job {dependency.id} has no checkpoint to search with")
-                return saved
-        saved = records.latest_train_checkpoint(session, experiment.id)
-        if saved is None:
-            raise ConfigError(f"experiment {experiment.id} has no trained HyperNet yet")
-        return saved
-
-    def _search(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
-        assert self._device is not None
-        spec = self._spec(experiment)
-        params = SearchParams.from_params(job.params)
-        with self.db.session() as session:
-            saved = self._hypernet_checkpoint(session, job, experiment)
-            rows = records.scores_by_hash(session, experiment.id, saved.id)
-        context.checkpoint_id = saved.id
-        known = {
-            hash_: Score(
-                error=row.error,
-                loss=math.nan if row.loss is None else row.loss,
-                images=row.images,
-                z_draws=row.z_draws,
-                method=row.method,
-            )
-            for hash_, row in rows.items()
-        }
-        if known:
-            context.event(
-                f"resuming search: {len(known)} architectures already scored against "
-                f"checkpoint {saved.id} are not scored again"
-            )
-        finished = run_search_job(
-            spec,
-            params,
-            context,
-            device=self._device,
-            hypernet_path=Path(saved.path),
-            known=known,
-        )
-        if not finished:
-            return None
-
-        def finalize(session: Session) -> None:
-            best = (
-                "" if math.isinf(context.best_error) else f"; best error {context.best_error:.2f}%"
-            )
-            records.add_event(
-                session,
-                f"search done: {context.scored_count} architectures scored by this run "
-                f"({len(known)} known before){best}",
-                job_id=job.id,
-            )
-
-        return finalize
-
-    def _score(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
-        assert self._device is not None
-        spec = self._spec(experiment)
-        params = ScoreParams.from_params(job.params)
-        with self.db.session() as session:
-            if params.checkpoint_id is not None:
-                saved: Checkpoint | None = records.get_checkpoint(session, params.checkpoint_id)
-            else:
-                saved = records.latest_train_checkpoint(session, experiment.id)
-            if saved is None:
-                raise ConfigError(f"experiment {experiment.id} has no trained HyperNet yet")
-            if records.get_job(session, saved.job_id).experiment_id != experiment.id:
-                raise ConfigError(
-                    f"checkpoint {saved.id} belongs to another experiment than {experiment.id}"
-                )
-            rows = [records.get_architecture(session, ident) for ident in params.architecture_ids]
-            method = score_method("full", params.score)
-            done = records.scored_hashes(session, experiment.id, saved.id, method=method)
-        for row in rows:
-            if row.experiment_id != experiment.id:
-                raise ConfigError(
-                    f"architecture {row.id} belongs to experiment {row.experiment_id}, "
-                    f"not {experiment.id}"
-                )
-        context.checkpoint_id = saved.id
-        todo = [Architecture.from_json(row.spec) for row in rows if row.hash not in done]
-        if len(todo) < len(rows):
-            context.event(
-                f"{len(rows) - len(todo)} of {len(rows)} architectures already have a "
-                f"{method} score against checkpoint {saved.id}"
-            )
-        finished = run_score_job(
-            spec,
-            params,
-            context,
-            device=self._device,
-            hypernet_path=Path(saved.path),
-            architectures=todo,
-        )
-        return (lambda _session: None) if finished else None
-
-    def _retrain(self, context: _JobContext, job: Job, experiment: Experiment) -> Finalizer | None:
-        assert self._device is not None
-        spec = self._spec(experiment)
-        params = RetrainParams.from_params(job.params)
-        with self.db.session() as session:
-            row = records.get_architecture(session, params.architecture_id)
-            if row.experiment_id != experiment.id:
-                raise ConfigError(
-                    f"architecture {row.id} belongs to experiment {row.experiment_id}, "
-                    f"not {experiment.id}"
-                )
-            retrain = records.unfinished_retrain(session, job.id)
-            if retrain is None:
-                retrain = records.start_retrain(
-                    session, row.id, job.id, epochs=params.retrain.epochs
-                )
-            else:
-                records.set_retrain_state(session, [row.id], "running")
-            session.commit()
-        context.retrain_id = retrain.id
-        arch = Architecture.from_json(row.spec)
-        folder = self._job_dir(experiment.id)
-        checkpoint_path = folder / f"retrain-{job.id}.pt"
-        weights_path = folder / f"retrain-{job.id}-weights.pt"
-        if checkpoint_path.exists():
-            context.event("resuming the retrain from its checkpoint")
-        result = run_retrain_job(
-            spec,
-            params,
-            arch,
-            context,
-            device=self._device,
-            checkpoint_path=checkpoint_path,
-            weights_path=weights_path,
-        )
-        if result is None:
-            return None
-
-        def finalize(session: Session) -> None:
-            records.finish_retrain(
-                session,
-                retrain.id,
-                test_acc=result.test_acc,
-                best_val_acc=result.best_val_acc,
-                curve=[dict(point) for point in result.curve],
-                weights_path=str(weights_path),
-            )
-            records.add_event(
-                session,
-                f"architecture {row.id} retrained for {result.epochs} epochs: "
-                f"test accuracy {result.test_acc:.2f}%",
-                job_id=job.id,
-            )
-
-        return finalize

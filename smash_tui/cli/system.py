@@ -1,4 +1,4 @@
-"""``smash info``: version, paths, database, device and workers."""
+"""``smash info`` (version, paths, database, device, workers) and ``smash tui`` (the app)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import typer
 from rich.table import Table
 
 from smash_tui import __version__
-from smash_tui.commands.common import DbOption, JsonOption, command, stdout
-from smash_tui.launch import ALIVE_WITHIN_S
-from smash_tui.render import workers_table
+from smash_tui.cli.common import DbOption, JsonOption, command, stdout
+from smash_tui.cli.render import workers_table
+from smash_tui.runner.launch import ALIVE_WITHIN_S
 from storage.db import data_dir, open_database, redact_url, resolve_url
 from storage.errors import StorageError
-from storage.queue import alive_workers
+from storage.workers import alive_workers
 
 
 @command
 def info(json_: JsonOption = False, db: DbOption = None) -> None:
     """Print the version, paths, database URL (password hidden), device and alive workers."""
-    from engine.worker import device_report
+    from engine.device import device_report
 
     url = resolve_url(db)
     report: dict[str, Any] = {
@@ -66,3 +66,11 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
             out.print(workers_table(workers))
     if "database_error" in report:
         raise StorageError(report["database_error"])
+
+
+@command
+def tui(db: DbOption = None) -> None:
+    """Open the terminal command center on the database (what bare `smash` does)."""
+    from smash_tui.tui.app import run_app  # Textual loads only when the app is wanted
+
+    run_app(db)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.db import Database
-from storage.queue import alive_workers
+from storage.workers import alive_workers
 
 # A worker counts as alive if it sent a heartbeat this recently (it sends one every few seconds).
 ALIVE_WITHIN_S = 20.0
@@ -69,7 +69,7 @@ def launch_worker(
 
     Returns:
         Its pid and output file. The process registers itself within seconds;
-        ``storage.queue.alive_workers`` then lists it.
+        ``storage.workers.alive_workers`` then lists it.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     output_path = db.logs_dir / f"worker-launch-{stamp}-{uuid.uuid4().hex[:6]}.out"

@@ -10,7 +10,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smash_tui.commands.common import (
+from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
     ExperimentOption,
@@ -22,12 +22,12 @@ from smash_tui.commands.common import (
     resolve_experiment,
     stdout,
 )
-from smash_tui.render import job_dict, jobs_table
+from smash_tui.cli.render import job_dict, jobs_table
+from storage.control import request_cancel, request_pause
+from storage.control import resume as resume_job
+from storage.control import retry as retry_job
 from storage.models import JOB_STATES, Experiment, Job
 from storage.queries import list_jobs
-from storage.queue import request_cancel, request_pause
-from storage.queue import resume as resume_job
-from storage.queue import retry as retry_job
 
 JobArgument = Annotated[str, typer.Argument(help="Job id (see `smash jobs`).")]
 _Result = TypeVar("_Result")

@@ -1,4 +1,4 @@
-"""The command center's read-only queries (storage.dashboard), on both backends."""
+"""The command center's read-only queries (storage.summaries), on both backends."""
 
 from __future__ import annotations
 
@@ -6,19 +6,10 @@ import json
 
 import pytest
 
-from storage.dashboard import (
-    ChangeMarker,
-    architecture_rows,
-    change_marker,
-    experiment_summaries,
-    latest_metrics,
-    metric_names,
-    proxy_pairs,
-    scored_costs,
-)
+from storage.control import request_cancel
 from storage.db import Database
 from storage.errors import StorageError
-from storage.queue import enqueue, request_cancel
+from storage.queue import enqueue
 from storage.records import (
     ArchitectureIn,
     MetricIn,
@@ -30,6 +21,16 @@ from storage.records import (
     create_experiment,
     finish_retrain,
     start_retrain,
+)
+from storage.summaries import (
+    ChangeMarker,
+    architecture_rows,
+    change_marker,
+    experiment_summaries,
+    latest_metrics,
+    metric_names,
+    proxy_pairs,
+    scored_costs,
 )
 
 

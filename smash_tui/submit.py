@@ -1,7 +1,7 @@
 """Queue retrain and score jobs the worker understands, without torch.
 
 The CLI and the Textual app both queue work through these, so the job parameters
-stay in one format (see ``engine.worker`` for every kind's params). Settings are
+stay in one format (see ``engine.params`` for every kind's params). Settings are
 passed as partial config dicts: fields left out take the engine's defaults, and the
 worker refuses (fails the job with a one-line message) what cannot work.
 """

@@ -27,9 +27,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from storage.errors import first_line
 from storage.models import Experiment, Job
 from storage.queries import ArchitectureDetail, ArchitectureRow
-from storage.queue import WorkerInfo
+from storage.workers import WorkerInfo
 
 _STATE_STYLES = {
     "queued": "yellow",
@@ -81,11 +82,6 @@ def when(moment: datetime | None) -> str:
 def plural(count: int, noun: str) -> str:
     """ "1 epoch", "5 epochs"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def first_line(text: str | None) -> str:
-    """The first line of a text ("" for None)."""
-    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 # --- architectures -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from smash_tui.commands.common import (
+from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
     DeviceOption,
@@ -35,8 +35,8 @@ from smash_tui.commands.common import (
     stderr,
     stdout,
 )
-from smash_tui.enqueue import enqueue_retrain
-from smash_tui.render import architectures_table, percent, plural
+from smash_tui.cli.render import architectures_table, percent, plural
+from smash_tui.submit import enqueue_retrain
 from storage.db import Database
 from storage.models import Experiment, Retrain
 from storage.queries import list_architectures
@@ -98,11 +98,12 @@ def _plan(request: SearchRequest) -> tuple[Any, Any, Any, Any]:
         (search space, DataConfig, HyperNetConfig, SearchParams).
     """
     from engine.data import DataConfig, DatasetError
+    from engine.errors import ConfigError
     from engine.hypernet import HyperNetConfig
+    from engine.params import SearchParams, config_from_dict
     from engine.score import RaceConfig, ScoreConfig
     from engine.search import SearchConfig
     from engine.space import get_preset
-    from engine.worker import ConfigError, SearchParams, config_from_dict
 
     space = get_preset(request.preset)
     if request.hypernet not in HYPERNETS:
@@ -162,8 +163,8 @@ def _plan(request: SearchRequest) -> tuple[Any, Any, Any, Any]:
 
 
 def _train_params(request: SearchRequest, train_images: int) -> Any:
+    from engine.params import TrainParams, config_from_dict
     from engine.train import TrainConfig
-    from engine.worker import TrainParams, config_from_dict
 
     steps = request.epochs * max(train_images // max(request.batch_size, 1), 1)
     if request.max_steps is not None:
@@ -213,7 +214,7 @@ def create_search(db: Database, request: SearchRequest, name: str | None = None)
         DatasetError: The data set cannot be loaded.
         StorageError: E.g. the name is taken.
     """
-    from engine.worker import check_batch_fits, prepare_experiment
+    from engine.jobs import check_batch_fits, prepare_experiment
 
     space, data, hypernet, search = _plan(request)
     spec, dataset = prepare_experiment(space, data, hypernet, request.seed)
@@ -390,7 +391,7 @@ def search(
 
 def _check_device(device: str, threads: int | None) -> None:
     """Refuse a device this machine lacks before anything is queued."""
-    from engine.worker import resolve_device
+    from engine.device import resolve_device
 
     resolve_device(device)
     del threads  # validated by the option itself
@@ -444,8 +445,9 @@ def demo(
     Trains a small HyperNet, scores random architectures with generated weights,
     retrains the best one from scratch and shows its test accuracy beside its score.
     """
+    from engine.jobs import check_batch_fits, get_dataset
+    from engine.params import config_from_dict
     from engine.retrain import RetrainConfig
-    from engine.worker import check_batch_fits, config_from_dict, get_dataset
 
     request = SearchRequest(
         dataset="synthetic",
@@ -542,8 +544,9 @@ def retrain(
     db: DbOption = None,
 ) -> None:
     """Train an architecture from scratch and measure its test accuracy."""
+    from engine.jobs import check_batch_fits, get_dataset
+    from engine.params import ExperimentSpec, config_from_dict
     from engine.retrain import RetrainConfig
-    from engine.worker import ExperimentSpec, check_batch_fits, config_from_dict, get_dataset
 
     architecture_id = parse_id(architecture, "architecture")
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
@@ -620,8 +623,8 @@ def worker(
     db: DbOption = None,
 ) -> None:
     """Claim queued jobs and run them until stopped (SIGTERM or Ctrl-C requeues the current one)."""
-    from smash_tui.render import JobProgress
-    from smash_tui.worker_process import Worker, WorkerConfig
+    from smash_tui.cli.render import JobProgress
+    from smash_tui.runner.worker import Worker, WorkerConfig
 
     config = WorkerConfig(
         device=device,

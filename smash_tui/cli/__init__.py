@@ -1,6 +1,6 @@
 """The `smash` command line.
 
-``app`` is the Typer application; each command lives in ``smash_tui/commands/`` and
+``app`` is the Typer application; each command lives in a module of this package and
 is registered here, so a new command is one more ``app.command(...)`` line. Every
 command that touches the database takes ``--db URL`` (else ``$SMASH_DB``, else a
 SQLite file in the user data folder). Exit codes: 0 ok, 1 failure, 2 usage,
@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from smash_tui import __version__
-from smash_tui.commands import browse, jobs, run, system, tui
+from smash_tui.cli import browse, jobs, run, system
 
 
 class _OneLineErrors(TyperGroup):
@@ -58,7 +58,7 @@ app = typer.Typer(
     cls=_OneLineErrors,
     help="One-shot neural architecture search with SMASH HyperNets.",
     add_completion=False,
-    # Errors are one line (see smash_tui.commands.common); never a pretty traceback.
+    # Errors are one line (see smash_tui.cli.common); never a pretty traceback.
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -84,7 +84,7 @@ def root(
     """
     if context.invoked_subcommand is None:
         if sys.stdin.isatty() and sys.stdout.isatty():
-            tui.tui(db=None)
+            system.tui(db=None)
             raise typer.Exit()
         typer.echo(context.get_help())
         raise typer.Exit()
@@ -104,7 +104,7 @@ app.command(rich_help_panel="Jobs")(jobs.resume)
 app.command(rich_help_panel="Jobs")(jobs.cancel)
 app.command(rich_help_panel="Jobs")(jobs.retry)
 app.command(rich_help_panel="System")(system.info)
-app.command(rich_help_panel="System")(tui.tui)
+app.command(rich_help_panel="System")(system.tui)
 
 
 def main() -> None:

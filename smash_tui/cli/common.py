@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -21,8 +20,18 @@ from rich.console import Console
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.arch import InvalidArchitecture
+from engine.errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    InvalidRetrainConfig,
+    RetrainError,
+    TrainingDiverged,
+)
+from engine.space import InvalidSearchSpace
 from storage.db import Database, open_database
-from storage.errors import FilterError, NotFoundError, StorageError
+from storage.errors import FilterError, NotFoundError, StorageError, first_line
 from storage.models import Experiment, Job
 from storage.queries import list_experiments
 from storage.records import find_experiment, get_experiment
@@ -73,17 +82,16 @@ class CliError(Exception):
         self.code = code
 
 
-# Engine errors meant for the user, found by module so that catching them never imports
-# torch: an exception of a class from a module that is not loaded cannot exist.
-_ENGINE_ERRORS: tuple[tuple[str, str, int], ...] = (
-    ("engine.worker", "ConfigError", EXIT_USAGE),
-    ("engine.retrain", "InvalidRetrainConfig", EXIT_USAGE),
-    ("engine.space", "InvalidSearchSpace", EXIT_USAGE),
-    ("engine.data.core", "DatasetError", EXIT_FAILURE),
-    ("engine.checkpoint", "CheckpointError", EXIT_FAILURE),
-    ("engine.arch", "InvalidArchitecture", EXIT_FAILURE),
-    ("engine.retrain", "RetrainError", EXIT_FAILURE),
-    ("engine.train", "TrainingDiverged", EXIT_FAILURE),
+# Engine errors meant for the user, most specific first (their modules are torch-free).
+_ENGINE_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_USAGE),
+    (InvalidRetrainConfig, EXIT_USAGE),
+    (InvalidSearchSpace, EXIT_USAGE),
+    (DatasetError, EXIT_FAILURE),
+    (CheckpointError, EXIT_FAILURE),
+    (InvalidArchitecture, EXIT_FAILURE),
+    (RetrainError, EXIT_FAILURE),
+    (TrainingDiverged, EXIT_FAILURE),
 )
 
 
@@ -95,16 +103,10 @@ def error_code(exc: BaseException) -> int | None:
         return EXIT_USAGE
     if isinstance(exc, StorageError):
         return EXIT_FAILURE
-    for module_name, class_name, code in _ENGINE_ERRORS:
-        module = sys.modules.get(module_name)
-        if module is not None and isinstance(exc, getattr(module, class_name)):
+    for error_type, code in _ENGINE_ERRORS:
+        if isinstance(exc, error_type):
             return code
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def print_error(message: str) -> None:
@@ -130,11 +132,11 @@ def command(function: _F) -> _F:
                 if os.environ.get("SMASH_DEBUG") == "1":
                     raise
                 print_error(
-                    f"internal error: {type(exc).__name__}: {_one_line(exc)} "
+                    f"internal error: {type(exc).__name__}: {first_line(exc)} "
                     "(run with SMASH_DEBUG=1 for the traceback)"
                 )
                 raise typer.Exit(EXIT_FAILURE) from None
-            print_error(_one_line(exc))
+            print_error(first_line(exc))
             raise typer.Exit(code) from None
         finally:
             _close_databases()
@@ -223,8 +225,8 @@ def run_foreground(
         CliError: A job failed, was cancelled or paused.
         typer.Exit: 130 when interrupted.
     """
-    from smash_tui.render import JobProgress
-    from smash_tui.worker_process import Worker, WorkerConfig
+    from smash_tui.cli.render import JobProgress
+    from smash_tui.runner.worker import Worker, WorkerConfig
 
     config = WorkerConfig(device=device, threads=threads, job_ids=tuple(job_ids), poll_s=1.0)
     with JobProgress(console) as progress:
@@ -245,17 +247,13 @@ def run_foreground(
         jobs = jobs_by_id(session, job_ids)
     for job in jobs:
         if job.state == "failed":
-            fail(f"job {job.id} ({job.kind}) failed: {_first(job.error)}")
+            fail(f"job {job.id} ({job.kind}) failed: {first_line(job.error, 'no reason given')}")
     for job in jobs:
         if job.state == "cancelled":
-            reason = f": {_first(job.error)}" if job.error else ""
+            reason = f": {first_line(job.error, 'no reason given')}" if job.error else ""
             fail(f"job {job.id} ({job.kind}) was cancelled{reason}")
         if job.state == "paused":
             fail(f"job {job.id} ({job.kind}) is paused; `smash resume {job.id}` queues it again")
-
-
-def _first(text: str | None) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else "no reason given"
 
 
 def detach(db: Database, *, device: str, threads: int | None, console: Console) -> int | None:
@@ -264,7 +262,7 @@ def detach(db: Database, *, device: str, threads: int | None, console: Console) 
     Returns:
         The pid of a newly launched worker, or None when one was already alive.
     """
-    from smash_tui.launch import ensure_worker
+    from smash_tui.runner.launch import ensure_worker
 
     launched = ensure_worker(db, device=device, threads=threads)
     if launched is None:

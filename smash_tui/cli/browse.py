@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from smash_tui.commands.common import (
+from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
     ExperimentOption,
@@ -22,7 +22,7 @@ from smash_tui.commands.common import (
     stderr,
     stdout,
 )
-from smash_tui.render import (
+from smash_tui.cli.render import (
     architecture_report,
     architectures_table,
     experiments_table,
@@ -242,16 +242,11 @@ def export(
     score measured, not trained on their own); the snippet says which.
     """
     from engine.arch import Architecture
+    from engine.checkpoint import load_weights, save_weights
+    from engine.errors import ConfigError
+    from engine.jobs import get_dataset, smash_initialised_model
+    from engine.params import ExperimentSpec, config_from_dict
     from engine.score import ScoreConfig
-    from engine.worker import (
-        ConfigError,
-        ExperimentSpec,
-        config_from_dict,
-        get_dataset,
-        load_weights,
-        save_weights,
-        smash_initialised_model,
-    )
 
     architecture_id = parse_id(architecture, "architecture")
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):

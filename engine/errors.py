@@ -1,0 +1,52 @@
+"""Errors of the engine whose message is meant for the user as it is (one line).
+
+Torch-free, so the command line and the app can catch them without loading torch.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A setting or job parameter that cannot work; the message is one line for the user."""
+
+
+class DeviceError(ConfigError):
+    """A device that does not exist on this machine."""
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be loaded; the message is one line meant for the user."""
+
+
+class RetrainError(Exception):
+    """Retraining cannot start or go on; the message is one line meant for the user."""
+
+
+class InvalidRetrainConfig(RetrainError, ValueError):
+    """A retrain config, or an argument of `retrain`, that cannot work."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written, read or used; the message is one line naming the file."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "DeviceError",
+    "InvalidRetrainConfig",
+    "RetrainError",
+    "TrainingDiverged",
+    "first_line",
+]

@@ -1,0 +1,489 @@
+"""The job runners: one function per job kind, joining the engine's loops to a reporter.
+
+Each runner takes an experiment (`engine.params.ExperimentSpec`), the job's parameters
+and a `JobReporter`: progress, metric points, activity-log lines, checkpoints and
+scored architectures. The worker process (`smash_tui.runner`) implements the reporter
+with the database; nothing here knows about SQL, terminals or processes. Every loop
+polls `JobReporter.should_stop` between steps; a stopped loop has written its
+checkpoint, and running the same job again resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from engine.arch import Architecture
+from engine.checkpoint import CheckpointError, save_weights
+from engine.config import DataConfig, HyperNetConfig, ScoreConfig
+from engine.cost import architecture_cost
+from engine.data import Dataset, DeviceImages, load_dataset
+from engine.device import autocast_context
+from engine.errors import ConfigError
+from engine.events import CheckpointSaved, TrainEval, TrainProgress
+from engine.network import DerivedNet, build_model
+from engine.params import (
+    ExperimentSpec,
+    RetrainParams,
+    ScoreParams,
+    SearchParams,
+    TrainParams,
+    score_method,
+)
+from engine.retrain import RetrainEpoch, RetrainResult, retrain
+from engine.score import Racer, Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
+from engine.search import Result, ScoreBatch, run_search
+from engine.space import SearchSpace
+from engine.train import build_smash, load_smash, train_hypernet
+
+# Seconds after which buffered scores are handed over even if fewer than commit_every.
+SCORE_FLUSH_S = 5.0
+
+
+# Reporting -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoredArchitecture:
+    """A scored architecture with everything the browser shows about it."""
+
+    spec: str  # the architecture as compact JSON
+    hash: str  # its canonical hash
+    params: int  # trainable parameters of the derived network
+    flops: int  # forward FLOPs per image of the derived network
+    depth: int  # layers on the longest path
+    num_ops: int  # ops in the graph
+    source: str  # how the search found it: random, perturb, markov, evolution, rescore
+    error: float  # validation error with generated weights, percent
+    loss: float  # mean validation loss
+    images: int  # validation images it was measured on
+    z_draws: int  # z draws averaged
+    method: str  # how it was measured (see score_method)
+
+
+class JobReporter(Protocol):
+    """Where a running job reports; the worker writes it all to the database."""
+
+    def progress(self, fraction: float, text: str, eta_s: float | None = None) -> None:
+        """Fraction done (0..1), a short status line and the estimated seconds left."""
+
+    def metrics(self, step: int, values: Mapping[str, float]) -> None:
+        """Points of the job's time series at one step (or epoch)."""
+
+    def event(self, message: str, level: str = "info") -> None:
+        """A line for the activity log."""
+
+    def checkpoint(self, step: int, path: str, metrics: Mapping[str, float]) -> None:
+        """A checkpoint file was written atomically."""
+
+    def scored(self, results: Sequence[ScoredArchitecture]) -> None:
+        """A batch of newly scored architectures, to be committed together."""
+
+    def should_stop(self) -> bool:
+        """True when the job must checkpoint and return (pause, cancel, shutdown)."""
+
+
+def describe(
+    arch: Architecture, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
+) -> ScoredArchitecture:
+    """Size, cost and score of an architecture, ready to record."""
+    cost = architecture_cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
+    return ScoredArchitecture(
+        spec=arch.to_json(),
+        hash=arch.hash,
+        params=cost.params,
+        flops=cost.flops,
+        depth=arch.depth,
+        num_ops=arch.num_ops,
+        source=source,
+        error=score.error,
+        loss=score.loss,
+        images=score.images,
+        z_draws=score.z_draws,
+        method=score_method(score.method, config),
+    )
+
+
+class _ScoreBuffer:
+    """Hands scored architectures to the reporter in small batches (a crash loses one batch)."""
+
+    def __init__(self, reporter: JobReporter, every: int) -> None:
+        self.reporter = reporter
+        self.every = every
+        self.items: list[ScoredArchitecture] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, item: ScoredArchitecture) -> None:
+        self.items.append(item)
+        if len(self.items) >= self.every or time.monotonic() - self.last_flush >= SCORE_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.items:
+            self.reporter.scored(self.items)
+            self.items = []
+        self.last_flush = time.monotonic()
+
+
+
+# Data ----------------------------------------------------------------------------------------
+
+
+_datasets: dict[DataConfig, Dataset] = {}
+
+
+def get_dataset(config: DataConfig) -> Dataset:
+    """The loaded data set; the last one is kept, since a worker's jobs usually share it.
+
+    Raises:
+        DatasetError: It cannot be loaded.
+    """
+    if config not in _datasets:
+        dataset = load_dataset(config)
+        _datasets.clear()
+        _datasets[config] = dataset
+    return _datasets[config]
+
+
+def prepare_experiment(
+    space: SearchSpace, data: DataConfig, hypernet: HyperNetConfig, seed: int
+) -> tuple[ExperimentSpec, Dataset]:
+    """Load the data set once to learn its shape and check it can be searched on.
+
+    Called before anything is written, so that a bad data set never leaves an
+    experiment behind.
+
+    Raises:
+        DatasetError: The data set cannot be loaded.
+        ConfigError: It has no validation images to score architectures on.
+    """
+    dataset = get_dataset(data)
+    if len(dataset.val) == 0:
+        raise ConfigError(
+            f"data set {data.dataset} has an empty validation split: "
+            "architectures are scored on it, so set a validation size above 0"
+        )
+    spec = ExperimentSpec(
+        space=space,
+        data=data,
+        hypernet=hypernet,
+        seed=seed,
+        num_classes=dataset.num_classes,
+        in_channels=dataset.in_channels,
+        image_size=dataset.image_size,
+    )
+    return spec, dataset
+
+
+def check_batch_fits(dataset: Dataset, batch_size: int, what: str) -> None:
+    """Refuse a batch size larger than the training split (the loops drop partial batches).
+
+    Raises:
+        ConfigError: Not one full batch fits.
+    """
+    if len(dataset.train) < batch_size:
+        raise ConfigError(
+            f"{what}: the training split has {len(dataset.train)} images, "
+            f"fewer than one batch of {batch_size}"
+        )
+
+
+# The jobs ------------------------------------------------------------------------------------
+
+
+def run_train(
+    spec: ExperimentSpec,
+    params: TrainParams,
+    reporter: JobReporter,
+    *,
+    device: torch.device,
+    checkpoint_path: Path,
+) -> bool:
+    """Train the experiment's HyperNet, resuming from ``checkpoint_path`` when it exists.
+
+    Metrics: loss, accuracy, lr, images_per_s at each report; val_error, val_loss at
+    each epoch end.
+
+    Returns:
+        True when training finished; False when it stopped on request (checkpointed).
+
+    Raises:
+        DatasetError, ConfigError, CheckpointError, TrainingDiverged: the run cannot go on.
+    """
+    data = get_dataset(spec.data)
+    check_batch_fits(data, params.train.batch_size, "HyperNet training")
+    # The initial weights follow from the experiment's seed; the caller's RNG is left alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        net = build_smash(spec.space, spec.num_classes, spec.in_channels, spec.hypernet, device)
+
+    def on_progress(event: TrainProgress) -> None:
+        reporter.metrics(
+            event.step,
+            {
+                "loss": event.loss,
+                "accuracy": event.accuracy,
+                "lr": event.lr,
+                "images_per_s": event.images_per_s,
+            },
+        )
+        reporter.progress(
+            event.step / max(event.total_steps, 1),
+            f"step {event.step}/{event.total_steps} · loss {event.loss:.3f} · acc {event.accuracy:.1f}%",
+            event.eta_s,
+        )
+
+    def on_eval(event: TrainEval) -> None:
+        reporter.metrics(event.step, {"val_error": event.error, "val_loss": event.loss})
+        reporter.event(
+            f"HyperNet epoch {event.epoch}, step {event.step}: validation error {event.error:.2f}% "
+            f"(loss {event.loss:.3f}) over {event.architectures} random architectures"
+        )
+
+    def on_checkpoint(event: CheckpointSaved) -> None:
+        reporter.checkpoint(event.step, event.path, event.metrics)
+
+    outcome = train_hypernet(
+        net,
+        data,
+        params.train,
+        checkpoint_path=checkpoint_path,
+        on_progress=on_progress,
+        on_eval=on_eval,
+        on_checkpoint=on_checkpoint,
+        should_stop=reporter.should_stop,
+    )
+    if outcome.finished and outcome.checkpoint is None:
+        raise CheckpointError(f"training finished without writing {checkpoint_path}")
+    return outcome.finished
+
+
+def _scorer(
+    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path
+) -> Scorer:
+    net, _ = load_smash(hypernet_path, device)
+    data = get_dataset(spec.data)
+    if len(data.val) == 0:
+        raise ConfigError("the validation split is empty: there is nothing to score on")
+    val = DeviceImages(data.val, device, data.mean, data.std)
+    train = (
+        DeviceImages(data.train, device, data.mean, data.std)
+        if config.bn_recalibration_batches
+        else None
+    )
+    return Scorer(net, val, config, train=train)
+
+
+def run_search_job(
+    spec: ExperimentSpec,
+    params: SearchParams,
+    reporter: JobReporter,
+    *,
+    device: torch.device,
+    hypernet_path: Path,
+    known: Mapping[str, Score],
+) -> bool:
+    """Search over a trained HyperNet, reporting scored architectures in small batches.
+
+    Args:
+        spec: The experiment.
+        params: Strategy, budget and scoring.
+        reporter: Where results go.
+        device: Where to score.
+        hypernet_path: The HyperNet checkpoint to generate weights with.
+        known: Scores already recorded against that checkpoint, by hash: never rescored,
+            so a restarted search continues instead of starting over.
+
+    Returns:
+        True when the search ran to its end; False when it stopped on request.
+    """
+    scorer = _scorer(spec, params.score, device, hypernet_path)
+    score_batch: ScoreBatch
+    if params.racing:
+        score_batch = Racer(scorer, params.race)  # every batch races against the best so far
+    else:
+        score_batch = scorer.score_many
+    budget = params.search.budget
+    buffer = _ScoreBuffer(reporter, params.commit_every)
+    start = time.monotonic()
+    state = {"new": 0, "best": math.inf}
+    # A resumed search finds its earlier results among the known scores.
+    already = min(len(known), budget)
+
+    def on_result(result: Result) -> None:
+        buffer.add(describe(result.arch, spec, result.score, result.source, params.score))
+        state["new"] += 1
+        if result.score.method == "full":  # a racing drop's partial error is no "best"
+            state["best"] = min(state["best"], result.score.error)
+        done = min(already + state["new"], budget)
+        rate = state["new"] / max(time.monotonic() - start, 1e-9)
+        reporter.progress(
+            min(done / budget, 0.999),
+            f"{done}/{budget} scored" + (f" · best {state['best']:.2f}%" if state["best"] < math.inf else ""),
+            (budget - done) / rate if rate > 0 else None,
+        )
+
+    try:
+        _, finished = run_search(
+            spec.space,
+            params.search,
+            score_batch,
+            known=dict(known),
+            on_result=on_result,
+            should_stop=reporter.should_stop,
+        )
+    finally:
+        # Whatever was scored is kept, even when scoring the next one failed.
+        buffer.flush()
+    return finished
+
+
+def run_score_job(
+    spec: ExperimentSpec,
+    params: ScoreParams,
+    reporter: JobReporter,
+    *,
+    device: torch.device,
+    hypernet_path: Path,
+    architectures: Sequence[Architecture],
+) -> bool:
+    """Score the given architectures (those not scored with this method yet).
+
+    Returns:
+        True when all were scored; False when it stopped on request.
+    """
+    scorer = _scorer(spec, params.score, device, hypernet_path)
+    buffer = _ScoreBuffer(reporter, 8)
+    try:
+        for index, arch in enumerate(architectures):
+            if reporter.should_stop():
+                return False
+            score = scorer.score(arch)
+            buffer.add(describe(arch, spec, score, "rescore", params.score))
+            reporter.progress(
+                (index + 1) / len(architectures),
+                f"{index + 1}/{len(architectures)} scored",
+            )
+    finally:
+        buffer.flush()
+    return True
+
+
+def run_retrain_job(
+    spec: ExperimentSpec,
+    params: RetrainParams,
+    arch: Architecture,
+    reporter: JobReporter,
+    *,
+    device: torch.device,
+    checkpoint_path: Path,
+    weights_path: Path,
+) -> RetrainResult | None:
+    """Retrain an architecture from scratch, resuming from ``checkpoint_path`` when it exists.
+
+    Metrics per epoch: train_loss, train_acc, val_acc, lr, images_per_s. The final
+    weights go to ``weights_path`` as a plain ``state_dict``.
+
+    Returns:
+        The result, or None when the run stopped on request (checkpointed).
+
+    Raises:
+        DatasetError, RetrainError, CheckpointError: the run cannot go on.
+    """
+    data = get_dataset(spec.data)
+
+    def on_epoch(event: RetrainEpoch) -> None:
+        values = {
+            "train_loss": event.train_loss,
+            "train_acc": event.train_acc,
+            "lr": event.lr,
+            "images_per_s": event.images_per_s,
+        }
+        if event.val_acc is not None:
+            values["val_acc"] = event.val_acc
+        reporter.metrics(event.epoch, values)
+        if event.epoch % params.retrain.checkpoint_every_epochs == 0 or event.epoch == event.epochs:
+            reporter.checkpoint(event.epoch, str(checkpoint_path), values)
+        val = f" · val {event.val_acc:.1f}%" if event.val_acc is not None else ""
+        reporter.progress(
+            event.epoch / event.epochs,
+            f"epoch {event.epoch}/{event.epochs} · loss {event.train_loss:.3f}{val}",
+            event.eta_s,
+        )
+
+    result = retrain(
+        arch,
+        data,
+        params.retrain,
+        device=device,
+        on_epoch=on_epoch,
+        checkpoint_path=checkpoint_path,
+        should_stop=reporter.should_stop,
+        num_classes=spec.num_classes,
+        in_channels=spec.in_channels,
+    )
+    if result is None:
+        return None
+    assert result.model is not None
+    save_weights(result.model, weights_path)
+    return result
+
+
+def smash_initialised_model(
+    spec: ExperimentSpec,
+    arch: Architecture,
+    hypernet_path: Path,
+    *,
+    score: ScoreConfig = ScoreConfig(bn_recalibration_batches=0),
+    data: Dataset | None = None,
+) -> DerivedNet:
+    """The derived network of ``arch`` carrying the weights SMASH generates for it.
+
+    The 1x1 weights come from the HyperNet with the first z draw that scoring with
+    ``score`` uses; the rest are the shared weights' slices, and the BatchNorm
+    statistics are the ones that scoring used: re-estimated on ``data``'s training
+    images when ``score`` recalibrates them, else the shared ones. Not trained on its
+    own: this is what the SMASH score measured.
+
+    Raises:
+        CheckpointError: The HyperNet checkpoint is missing, corrupt or of another space.
+        ValueError: ``score`` recalibrates BatchNorm and no ``data`` was given.
+    """
+    net, _ = load_smash(hypernet_path, "cpu")
+    if (net.num_classes, net.in_channels) != (spec.num_classes, spec.in_channels):
+        raise CheckpointError(f"checkpoint {hypernet_path} was trained for another data set")
+    if score.bn_recalibration_batches and data is None:
+        raise ValueError("BatchNorm recalibration needs the data set")
+    cpu = torch.device("cpu")
+    model = build_model(arch, spec.num_classes, spec.in_channels)
+    generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
+    # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
+    with torch.no_grad(), autocast_context(cpu, score.bf16):
+        weights = net.generate(arch, generator=generator)
+        if not score.bn_recalibration_batches:
+            return model.load_from_smash(net, weights).eval()
+        assert data is not None
+        train = DeviceImages(data.train, cpu, data.mean, data.std)
+        with bn_recalibrated(net, arch, weights, recalibration_batches(train, score)):
+            return model.load_from_smash(net, weights).eval()
+
+
+__all__ = [
+    "JobReporter",
+    "ScoredArchitecture",
+    "check_batch_fits",
+    "describe",
+    "get_dataset",
+    "prepare_experiment",
+    "run_retrain_job",
+    "run_score_job",
+    "run_search_job",
+    "run_train",
+    "smash_initialised_model",
+]

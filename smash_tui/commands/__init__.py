@@ -1,1 +1,0 @@
-"""The `smash` commands, one module per group; `smash_tui.cli` registers them."""
