@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DatasetError, InvalidRetrainConfig
+from engine.errors import ConfigError, DatasetError, InvalidRetrainConfig
 
 # bf16 autocast: "auto" where bf16 is native (CUDA, CPUs with bf16 instructions), or forced.
 BF16_MODES = ("auto", "on", "off")
@@ -27,16 +27,37 @@ BF16_MODES = ("auto", "on", "off")
 STRATEGIES = ("random", "perturb", "markov", "evolution", "staged")
 # Names that stored jobs may still use for a strategy renamed since.
 LEGACY_STRATEGIES = {"paper": "staged"}
+# Candidates a racing search hands the scorer at once (racing needs many to drop any).
+RACING_BATCH = 64
+# The HyperNet capacity a new experiment gets (a key of HYPERNET_SIZES).
+DEFAULT_HYPERNET = "standard"
 # Weight-init recipes of a retrained network (see engine.retrain.reinitialise).
 INIT_RECIPES = ("kaiming", "banks")
+# The largest integer a setting may hold: ids, seeds and counts end up in 32-bit
+# database columns (PostgreSQL's integer), and torch and numpy seeds must accept them.
+INT_MAX = 2**31 - 1
+# Fewest validation images a search scores on: fewer cannot tell architectures apart.
+MIN_VALIDATION_IMAGES = 10
 # Data sets the engine knows by name, and the kinds that take a path (`npz:PATH`).
 BUILT_IN_KINDS = ("synthetic", "cifar10", "cifar100", "stl10")
 PATH_KINDS = ("npz", "folder")
+# Validation sizes the literature uses, where a data set has one (SMASH: 5,000 for CIFAR).
+_USUAL_VAL_SIZE: dict[str, float] = {"cifar10": 5000, "cifar100": 5000}
+_DEFAULT_VAL_SIZE = 0.1
+
+
+def _check(owner: str, rules: Iterable[tuple[str, bool, str]]) -> None:
+    """Raise ConfigError for the first rule that fails: (field, holds, what it must be).
+
+    Rules are written so that NaN fails them too (`not x > 0` rather than `x <= 0`).
+    """
+    for field, holds, must in rules:
+        if not holds:
+            raise ConfigError(f"{owner}.{field} {must}", field)
 
 
 def _check_bf16(owner: str, value: object) -> None:
-    if value not in BF16_MODES:
-        raise ValueError(f"{owner}.bf16 must be one of {', '.join(BF16_MODES)}, got {value!r}")
+    _check(owner, [("bf16", value in BF16_MODES, f"must be one of {', '.join(BF16_MODES)}, got {value!r}")])
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,11 @@ class DataConfig:
             return None
         return Path(self.dataset.partition(":")[2]).expanduser()
 
+    def val_count(self, train_images: int) -> int:
+        """Images the validation split takes out of a training split of `train_images`."""
+        size = self.val_size if self.val_size is not None else _USUAL_VAL_SIZE.get(self.kind, _DEFAULT_VAL_SIZE)
+        return round(size * train_images) if size < 1 else int(size)
+
     def cache_dir(self) -> Path:
         """Where torchvision data sets are downloaded to and looked for."""
         if self.root is not None:
@@ -103,12 +129,16 @@ class HyperNetConfig:
     negative_slope: float = 0.02  # LeakyReLU slope: keeps gradients alive, NaNs visible
 
     def __post_init__(self) -> None:
-        if len(self.growth) != len(self.layers) or not self.growth:
-            raise ValueError("HyperNetConfig: growth and layers need the same, non-zero length")
-        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
-            raise ValueError("HyperNetConfig: kernel_size must be odd")
-        if min(self.growth) < 1 or min(self.layers) < 0 or self.stem_channels < 1:
-            raise ValueError("HyperNetConfig: widths must be positive")
+        _check(
+            "HyperNetConfig",
+            [
+                ("growth", len(self.growth) == len(self.layers) and bool(self.growth), "and layers need the same, non-zero length"),
+                ("kernel_size", self.kernel_size >= 1 and self.kernel_size % 2 == 1, "must be odd and positive"),
+                ("growth", min(self.growth, default=1) >= 1, "must be positive"),
+                ("layers", min(self.layers, default=0) >= 0, "must be >= 0"),
+                ("stem_channels", self.stem_channels >= 1, "must be positive"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +155,7 @@ class TrainConfig:
     anneal: bool = True  # ramp max budget 0.5 -> 1 and max kernel 3 -> largest over the first half
     augment: bool = True  # random crops (pad 4) and horizontal flips
     seed: int = 0  # architectures, z, data order and augmentation all follow from it
-    report_every: int = 20  # steps between progress reports (host syncs)
+    report_every: int | None = None  # steps between progress reports (host syncs); None: about 50 per run, at most 20 apart
     checkpoint_every: int = 500  # steps between checkpoints (also at epoch ends and on stop)
     eval_archs: int = 4  # random architectures evaluated on the validation split at epoch ends
     eval_images: int = 1000  # validation images they are evaluated on
@@ -134,13 +164,31 @@ class TrainConfig:
     bf16: str = "auto"  # one of BF16_MODES (see engine.device.autocast_context)
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.report_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("TrainConfig: epochs, batch_size, report_every and checkpoint_every must be positive")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError("TrainConfig.max_steps must be positive")
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError("TrainConfig: lr and eps must be positive, weight_decay non-negative")
+        _check(
+            "TrainConfig",
+            [
+                ("epochs", self.epochs >= 1, f"must be at least 1, got {self.epochs}"),
+                ("max_steps", self.max_steps is None or self.max_steps >= 1, f"must be at least 1, got {self.max_steps}"),
+                ("batch_size", self.batch_size >= 1, f"must be at least 1, got {self.batch_size}"),
+                ("lr", self.lr > 0 and math.isfinite(self.lr), f"must be positive and finite, got {self.lr}"),
+                ("eps", self.eps > 0 and math.isfinite(self.eps), f"must be positive and finite, got {self.eps}"),
+                ("weight_decay", self.weight_decay >= 0 and math.isfinite(self.weight_decay), f"must be >= 0 and finite, got {self.weight_decay}"),
+                ("betas", all(0 <= b < 1 for b in self.betas), f"must lie in [0, 1), got {self.betas}"),
+                ("report_every", self.report_every is None or self.report_every >= 1, f"must be at least 1, got {self.report_every}"),
+                ("checkpoint_every", self.checkpoint_every >= 1, f"must be at least 1, got {self.checkpoint_every}"),
+                ("eval_archs", self.eval_archs >= 0, f"must be >= 0, got {self.eval_archs}"),
+                ("eval_images", self.eval_images >= 1, f"must be at least 1, got {self.eval_images}"),
+                ("eval_bn_batches", self.eval_bn_batches >= 0, f"must be >= 0, got {self.eval_bn_batches}"),
+                ("seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+            ],
+        )
         _check_bf16("TrainConfig", self.bf16)
+
+    def report_interval(self, total_steps: int) -> int:
+        """Steps between progress reports in a run of `total_steps`."""
+        if self.report_every is not None:
+            return self.report_every
+        return max(1, min(20, total_steps // 50))
 
 
 @dataclass(frozen=True)
@@ -157,12 +205,17 @@ class ScoreConfig:
     channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
 
     def __post_init__(self) -> None:
-        if self.images is not None and self.images < 1:
-            raise ValueError(f"ScoreConfig.images must be positive, got {self.images}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.z_draws < 1 or self.bn_batch_size < 1:
-            raise ValueError("ScoreConfig: batch_size, z_draws and bn_batch_size must be positive")
-        if self.bn_recalibration_batches < 0:
-            raise ValueError("ScoreConfig.bn_recalibration_batches must be >= 0")
+        _check(
+            "ScoreConfig",
+            [
+                ("images", self.images is None or self.images >= 1, f"must be at least 1, got {self.images}"),
+                ("batch_size", self.batch_size is None or self.batch_size >= 1, f"must be at least 1, got {self.batch_size}"),
+                ("z_draws", self.z_draws >= 1, f"must be at least 1, got {self.z_draws}"),
+                ("bn_recalibration_batches", self.bn_recalibration_batches >= 0, f"must be >= 0, got {self.bn_recalibration_batches}"),
+                ("bn_batch_size", self.bn_batch_size >= 1, f"must be at least 1, got {self.bn_batch_size}"),
+                ("seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+            ],
+        )
         _check_bf16("ScoreConfig", self.bf16)
 
 
@@ -177,8 +230,16 @@ class RaceConfig:
     margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best
 
     def __post_init__(self) -> None:
-        if self.top_k < 1 or not 0.0 < self.keep <= 1.0 or self.margin_z < 0:
-            raise ValueError("RaceConfig: top_k must be >= 1, keep in (0, 1] and margin_z >= 0")
+        _check(
+            "RaceConfig",
+            [
+                ("top_k", self.top_k >= 1, f"must be at least 1, got {self.top_k}"),
+                ("first_images", self.first_images is None or self.first_images >= 1, f"must be at least 1, got {self.first_images}"),
+                ("keep", 0.0 < self.keep <= 1.0, f"must lie in (0, 1], got {self.keep}"),
+                ("min_survivors", self.min_survivors is None or self.min_survivors >= 1, f"must be at least 1, got {self.min_survivors}"),
+                ("margin_z", self.margin_z >= 0 and math.isfinite(self.margin_z), f"must be >= 0 and finite, got {self.margin_z}"),
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -193,21 +254,24 @@ class SearchConfig:
     markov_steps: int = 100  # greedy chain steps (markov, staged)
     population: int = 50  # regularised evolution: population size
     tournament: int = 10  # regularised evolution: sample size of each tournament
-    batch: int = 16  # candidates handed to the scorer at once (racing needs many)
+    batch: int = 16  # candidates handed to the scorer at once (RACING_BATCH when racing)
     seed: int = 0  # the whole search follows from it
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown search strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
-        for name in ("architectures", "top_k", "population", "tournament", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SearchConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.perturbations < 0 or self.markov_steps < 0:
-            raise ValueError("SearchConfig: perturbations and markov_steps must be >= 0")
-        if not 0.0 < self.perturb_p <= 1.0:
-            raise ValueError(f"SearchConfig.perturb_p must be in (0, 1], got {self.perturb_p}")
-        if self.tournament > self.population:
-            raise ValueError("SearchConfig.tournament cannot exceed population")
+            raise ConfigError(f"unknown search strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})", "strategy")
+        _check(
+            "SearchConfig",
+            [
+                *((name, getattr(self, name) >= 1, f"must be at least 1, got {getattr(self, name)}")
+                  for name in ("architectures", "top_k", "population", "tournament", "batch")),
+                ("perturbations", self.perturbations >= 0, f"must be >= 0, got {self.perturbations}"),
+                ("markov_steps", self.markov_steps >= 0, f"must be >= 0, got {self.markov_steps}"),
+                ("perturb_p", 0.0 < self.perturb_p <= 1.0, f"must lie in (0, 1], got {self.perturb_p}"),
+                ("tournament", self.tournament <= self.population, f"({self.tournament}) cannot exceed population ({self.population})"),
+                ("seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+            ],
+        )
 
     @property
     def budget(self) -> int:
@@ -249,36 +313,28 @@ class RetrainConfig:
     checkpoint_every_epochs: int = 1  # epochs between checkpoints (the last epoch always writes one)
 
     def __post_init__(self) -> None:
-        problems = list(self._problems())
-        if problems:
-            raise InvalidRetrainConfig("invalid retrain config: " + "; ".join(problems))
-
-    def _problems(self) -> Iterable[str]:
-        # Comparisons are written so that NaN fails them too.
-        if not self.epochs >= 1:
-            yield f"epochs must be at least 1, got {self.epochs}"
-        if not self.batch_size >= 1:
-            yield f"batch_size must be at least 1, got {self.batch_size}"
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            yield f"lr must be positive and finite, got {self.lr}"
-        if not 0 <= self.momentum < 1:
-            yield f"momentum must be in [0, 1), got {self.momentum}"
-        if self.nesterov and self.momentum == 0:
-            yield "nesterov needs a momentum above 0"
-        if not self.weight_decay >= 0:
-            yield f"weight_decay must be >= 0, got {self.weight_decay}"
-        if not 0 <= self.label_smoothing < 1:
-            yield f"label_smoothing must be in [0, 1), got {self.label_smoothing}"
-        if not 0 <= self.warmup_epochs < math.inf:
-            yield f"warmup_epochs must be >= 0 and finite, got {self.warmup_epochs}"
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            yield f"grad_clip must be positive or None, got {self.grad_clip}"
-        if self.init not in INIT_RECIPES:
-            yield f"init must be one of {', '.join(INIT_RECIPES)}, got {self.init!r}"
-        if self.bf16 not in BF16_MODES:
-            yield f"bf16 must be one of {', '.join(BF16_MODES)}, got {self.bf16!r}"
-        if not self.checkpoint_every_epochs >= 1:
-            yield f"checkpoint_every_epochs must be at least 1, got {self.checkpoint_every_epochs}"
+        try:
+            _check(
+                "RetrainConfig",
+                [
+                    ("epochs", self.epochs >= 1, f"must be at least 1, got {self.epochs}"),
+                    ("batch_size", self.batch_size >= 1, f"must be at least 1, got {self.batch_size}"),
+                    ("lr", self.lr > 0 and math.isfinite(self.lr), f"must be positive and finite, got {self.lr}"),
+                    ("momentum", 0 <= self.momentum < 1, f"must lie in [0, 1), got {self.momentum}"),
+                    ("nesterov", not (self.nesterov and self.momentum == 0), "needs a momentum above 0"),
+                    ("weight_decay", 0 <= self.weight_decay < math.inf, f"must be >= 0 and finite, got {self.weight_decay}"),
+                    ("label_smoothing", 0 <= self.label_smoothing < 1, f"must lie in [0, 1), got {self.label_smoothing}"),
+                    ("warmup_epochs", 0 <= self.warmup_epochs < math.inf, f"must be >= 0 and finite, got {self.warmup_epochs}"),
+                    ("grad_clip", self.grad_clip is None or 0 < self.grad_clip < math.inf, f"must be positive or None, got {self.grad_clip}"),
+                    ("init", self.init in INIT_RECIPES, f"must be one of {', '.join(INIT_RECIPES)}, got {self.init!r}"),
+                    ("bf16", self.bf16 in BF16_MODES, f"must be one of {', '.join(BF16_MODES)}, got {self.bf16!r}"),
+                    ("seed", self.seed >= 0, f"must be >= 0, got {self.seed}"),
+                    ("checkpoint_every_epochs", self.checkpoint_every_epochs >= 1, f"must be at least 1, got {self.checkpoint_every_epochs}"),
+                ],
+            )
+        except ConfigError as exc:  # retraining's callers catch RetrainError
+            detail = str(exc).removeprefix("RetrainConfig.")
+            raise InvalidRetrainConfig(f"invalid retrain config: {detail}", exc.field) from None
 
     def learning_rate(self, step: int, steps_per_epoch: int) -> float:
         """The learning rate of optimiser step `step` (0-based): linear warmup, then cosine to 0.
@@ -308,10 +364,14 @@ HYPERNET_SIZES: dict[str, HyperNetConfig] = {
 __all__ = [
     "BF16_MODES",
     "BUILT_IN_KINDS",
+    "DEFAULT_HYPERNET",
     "HYPERNET_SIZES",
     "INIT_RECIPES",
+    "INT_MAX",
     "LEGACY_STRATEGIES",
+    "MIN_VALIDATION_IMAGES",
     "PATH_KINDS",
+    "RACING_BATCH",
     "STRATEGIES",
     "DataConfig",
     "HyperNetConfig",

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 
 class ConfigError(ValueError):
-    """A setting or job parameter that cannot work; the message is one line for the user."""
+    """A setting or job parameter that cannot work; the message is one line for the user.
+
+    Args:
+        message: what is wrong, naming the setting.
+        field: the setting's name as the front ends know it (e.g. "batch_size"), so a
+            form can show the message beside its field; None when no one field is to blame.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DeviceError(ConfigError):
@@ -23,7 +33,16 @@ class RetrainError(Exception):
 
 
 class InvalidRetrainConfig(RetrainError, ValueError):
-    """A retrain config, or an argument of `retrain`, that cannot work."""
+    """A retrain config, or an argument of `retrain`, that cannot work.
+
+    Args:
+        message: what is wrong.
+        field: the offending setting, when one is to blame (see ConfigError).
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class CheckpointError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Job parameters and the experiment they run in, as plain values (torch-free).
+"""Job parameters, the experiment they run in, and the validation of every setting (torch-free).
 
 A job arrives as JSON: the experiment's (`ExperimentSpec`, stored on the experiment)
 and the job's parameters (`TrainParams`, `SearchParams`, `ScoreParams`,
@@ -11,18 +11,32 @@ the defaults of the dataclasses in `engine.config`::
     score    {"architecture_ids": [int, ...], "score": ScoreConfig, "checkpoint_id": int | null}
     retrain  {"architecture_id": int, "retrain": RetrainConfig}
 
-Parsing refuses what cannot work with a one-line `ConfigError`. The front ends parse
-before they queue and the worker parses again before it runs.
+This is the one validation layer of the project: `config_from_dict` checks every
+value's type and range against the config's annotations (numbers finite, integers
+within what the database stores, text free of control characters) before the config
+checks its own rules; `plan_search` and `plan_retrain` turn what a user asked for into
+job parameters. The command line and the app call them before anything is queued, and
+the worker parses the stored JSON again before it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.config import (
+    DEFAULT_HYPERNET,
+    HYPERNET_SIZES,
+    INT_MAX,
+    LEGACY_STRATEGIES,
+    PATH_KINDS,
+    RACING_BATCH,
     DataConfig,
     HyperNetConfig,
     RaceConfig,
@@ -31,41 +45,137 @@ from engine.config import (
     SearchConfig,
     TrainConfig,
 )
-from engine.errors import ConfigError, first_line
-from engine.space import SearchSpace
+from engine.errors import ConfigError, DatasetError, first_line
+from engine.space import InvalidSearchSpace, SearchSpace, get_preset
 
 _Config = TypeVar("_Config")
+MAX_TEXT = 1000  # longest text setting (names, paths): a longer one is a mistake or an attack
+COMMIT_EVERY = 8  # scored architectures per database commit (what a crash may lose)
 
 
-# Configs as JSON ---------------------------------------------------------------------------
+# Values ------------------------------------------------------------------------------------
+
+
+def check_text(value: Any, what: str, *, field: str | None = None, empty: bool = False) -> str:
+    """A text setting: a string, free of control characters, not absurdly long.
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{what} must be text, got {_shown(value)}", field)
+    if len(value) > MAX_TEXT:
+        raise ConfigError(f"{what} is {len(value)} characters long; at most {MAX_TEXT}", field)
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn") for char in value):
+        raise ConfigError(f"{what} contains control or invisible characters: {value!r}", field)
+    if not empty and not value.strip():
+        raise ConfigError(f"{what} is empty", field)
+    return value
+
+
+def check_int(
+    value: Any, what: str, *, field: str | None = None, low: int = -INT_MAX, high: int = INT_MAX
+) -> int:
+    """An integer setting within [low, high] (by default what a database integer holds).
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be an integer, got {_shown(value)}", field)
+    if value > high:
+        raise ConfigError(f"{what} is too large: {value} (at most {high})", field)
+    if value < low:
+        raise ConfigError(f"{what} must be at least {low}, got {value}", field)
+    return value
+
+
+def check_float(value: Any, what: str, *, field: str | None = None) -> float:
+    """A finite number (integers are accepted).
+
+    Raises:
+        ConfigError: naming the setting.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{what} must be a number, got {_shown(value)}", field)
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value}", field)
+    return float(value)
+
+
+def parse_id(text: str, noun: str) -> int:
+    """A positive id typed by a user: ASCII digits only, within what the database holds.
+
+    Raises:
+        ConfigError: for anything else (`isdigit()` alone would accept '²' or Arabic digits).
+    """
+    value = text.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        raise ConfigError(f"{noun} id must be a positive integer, got {text!r}")
+    number = int(value)
+    if not 1 <= number <= INT_MAX:
+        raise ConfigError(f"{noun} id must be between 1 and {INT_MAX}, got {value}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_typed(value: Any, hint: Any, what: str, field: str) -> Any:
+    """Check a JSON value against a field's annotation; lists become tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _check_typed(value, options[0], what, field) if len(options) == 1 else value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{what} must be true or false, got {_shown(value)}", field)
+        return value
+    if hint is int:
+        return check_int(value, what, field=field)
+    if hint is float:
+        return check_float(value, what, field=field)
+    if hint is str:
+        return check_text(value, what, field=field, empty=True)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{what} must be a list, got {_shown(value)}", field)
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            raise ConfigError(f"{what} needs {len(items)} values, got {len(value)}", field)
+        return tuple(_check_typed(v, h, f"{what}[{i}]", field) for i, (v, h) in enumerate(zip(value, items)))
+    return value
 
 
 def config_from_dict(cls: type[_Config], data: Mapping[str, Any] | None, what: str) -> _Config:
-    """Build a frozen config dataclass from (possibly partial) JSON.
+    """Build a frozen config dataclass from (possibly partial) JSON, checking every value.
 
     Args:
         cls: The dataclass, e.g. TrainConfig.
-        data: Field values; lists become tuples; missing fields keep their defaults.
+        data: Field values; missing fields keep their defaults.
         what: What the config is, named in error messages (e.g. "train").
 
     Raises:
-        ConfigError: An unknown field, a value of the wrong type, or a value the config refuses.
+        ConfigError: An unknown field, a value of the wrong type or out of range, or a
+            value the config refuses; its ``field`` names the offending setting.
     """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{what}: expected an object of settings, got {type(data).__name__}")
-    fields = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - fields)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise ConfigError(f"{what}: unknown setting(s) {', '.join(unknown)}")
-    values = {
-        key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
-    }
+        raise ConfigError(f"{what}: unknown setting(s) {', '.join(map(str, unknown))}")
+    values = {key: _check_typed(value, hints[key], f"{what}.{key}", key) for key, value in data.items()}
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{what}: {first_line(exc)}") from None
+        raise ConfigError(f"{what}: {first_line(exc)}", getattr(exc, "field", None)) from None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -73,16 +183,13 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{what} must be an integer, got {value!r}")
-    return value
-
-
 def _params(params: Any, kind: str) -> Mapping[str, Any]:
     if not isinstance(params, Mapping):
         raise ConfigError(f"{kind} job: params must be an object, got {type(params).__name__}")
     return params
+
+
+# The experiment --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -96,6 +203,9 @@ class ExperimentSpec:
     num_classes: int  # classifier outputs, from the data set
     in_channels: int  # image channels, from the data set
     image_size: int  # side of the square images in pixels, from the data set
+    train_images: int | None = None  # images to train on (None: an experiment stored before it was kept)
+    val_images: int | None = None  # validation images architectures are scored on
+    test_images: int | None = None  # test images of retrained networks
 
     def config(self) -> dict[str, Any]:
         """The experiment's ``config`` JSON (the space and the seed are stored beside it)."""
@@ -105,6 +215,9 @@ class ExperimentSpec:
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
             "image_size": self.image_size,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "test_images": self.test_images,
         }
 
     @classmethod
@@ -126,17 +239,36 @@ class ExperimentSpec:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"search space: {first_line(exc)}") from None
         try:
-            sizes = {
-                key: _int(config[key], key) for key in ("num_classes", "in_channels", "image_size")
-            }
+            sizes = {key: check_int(config[key], key) for key in ("num_classes", "in_channels", "image_size")}
         except KeyError as exc:
             raise ConfigError(f"experiment config lacks {exc.args[0]!r}") from None
+        splits = {
+            key: None if config.get(key) is None else check_int(config[key], key)
+            for key in ("train_images", "val_images", "test_images")
+        }
         return cls(
             space=space,
             data=config_from_dict(DataConfig, config.get("data"), "data"),
             hypernet=config_from_dict(HyperNetConfig, config.get("hypernet"), "hypernet"),
-            seed=_int(seed, "seed"),
+            seed=check_int(seed, "seed"),
             **sizes,
+            **splits,
+        )
+
+
+def check_batch(batch_size: int, train_images: int | None, what: str) -> None:
+    """Refuse a batch larger than the training split (the loops drop partial batches).
+
+    Does nothing when the split size is unknown (an experiment stored before it was
+    kept): the worker checks again with the data in hand.
+
+    Raises:
+        ConfigError: not one full batch fits.
+    """
+    if train_images is not None and batch_size > train_images:
+        raise ConfigError(
+            f"{what}: the training split has {train_images} images, fewer than one batch of {batch_size}",
+            "batch_size",
         )
 
 
@@ -168,7 +300,7 @@ class SearchParams:
     score: ScoreConfig = ScoreConfig()  # how each candidate is scored
     racing: bool = False  # successive halving over validation images instead of full scores
     race: RaceConfig = RaceConfig()  # the racing settings, when racing
-    commit_every: int = 8  # scored architectures per database commit (what a crash may lose)
+    commit_every: int = COMMIT_EVERY  # scored architectures per database commit (what a crash may lose)
 
     def __post_init__(self) -> None:
         if self.commit_every < 1:
@@ -191,12 +323,15 @@ class SearchParams:
         racing = params.get("racing", False)
         if not isinstance(racing, bool):
             raise ConfigError(f"racing must be true or false, got {racing!r}")
+        search = dict(params.get("search") or {})
+        if search.get("strategy") in LEGACY_STRATEGIES:  # a job queued before the rename
+            search["strategy"] = LEGACY_STRATEGIES[search["strategy"]]
         return cls(
-            search=config_from_dict(SearchConfig, params.get("search"), "search"),
+            search=config_from_dict(SearchConfig, search, "search"),
             score=config_from_dict(ScoreConfig, params.get("score"), "score"),
             racing=racing,
             race=config_from_dict(RaceConfig, params.get("race"), "race"),
-            commit_every=_int(params.get("commit_every", 8), "commit_every"),
+            commit_every=check_int(params.get("commit_every", COMMIT_EVERY), "commit_every"),
         )
 
 
@@ -225,9 +360,9 @@ class ScoreParams:
             raise ConfigError("score job: architecture_ids must be a non-empty list of ids")
         checkpoint = params.get("checkpoint_id")
         return cls(
-            architecture_ids=tuple(_int(ident, "architecture id") for ident in ids),
+            architecture_ids=tuple(check_int(ident, "architecture id", low=1) for ident in ids),
             score=config_from_dict(ScoreConfig, params.get("score"), "score"),
-            checkpoint_id=None if checkpoint is None else _int(checkpoint, "checkpoint_id"),
+            checkpoint_id=None if checkpoint is None else check_int(checkpoint, "checkpoint_id", low=1),
         )
 
 
@@ -249,9 +384,189 @@ class RetrainParams:
         if "architecture_id" not in params:
             raise ConfigError("retrain job: architecture_id is missing")
         return cls(
-            architecture_id=_int(params["architecture_id"], "architecture_id"),
+            architecture_id=check_int(params["architecture_id"], "architecture_id", low=1),
             retrain=config_from_dict(RetrainConfig, params.get("retrain"), "retrain"),
         )
+
+
+# What users ask for --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A new experiment as `smash search` and the app's new-search form ask for it.
+
+    Every default is read off the engine config that owns the setting, so the command
+    line, the form and the job JSON cannot drift apart (a test checks the first two).
+    """
+
+    dataset: str = DataConfig.dataset  # synthetic, cifar10, cifar100, stl10, npz:PATH or folder:PATH
+    preset: str = "small"  # search-space preset (engine.space.PRESETS)
+    hypernet: str = DEFAULT_HYPERNET  # HyperNet capacity, a key of HYPERNET_SIZES
+    epochs: int = TrainConfig.epochs  # HyperNet training epochs
+    max_steps: int | None = TrainConfig.max_steps  # HyperNet step budget
+    batch_size: int = TrainConfig.batch_size  # HyperNet training batch
+    lr: float = TrainConfig.lr  # HyperNet Adam learning rate
+    checkpoint_every: int = TrainConfig.checkpoint_every  # HyperNet steps between checkpoints
+    eval_archs: int = TrainConfig.eval_archs  # random architectures evaluated at each epoch end
+    archs: int = SearchConfig.architectures  # search budget: architectures to score
+    strategy: str = SearchConfig.strategy  # search strategy (engine.config.STRATEGIES)
+    racing: bool = False  # successive halving over validation images instead of full scores
+    race_top_k: int = RaceConfig.top_k  # racing keeps the ranking's head this long exact
+    search_batch: int | None = None  # candidates per scoring batch (None: SearchConfig.batch, RACING_BATCH racing)
+    score_images: int | None = ScoreConfig.images  # validation images per score (None: all)
+    z_draws: int = ScoreConfig.z_draws  # z draws averaged per score
+    bn_recalibration: int = ScoreConfig.bn_recalibration_batches  # BN recalibration batches (0: off)
+    commit_every: int = COMMIT_EVERY  # scored architectures per database commit
+    seed: int = TrainConfig.seed  # seed of the whole experiment
+    val_size: float | None = DataConfig.val_size  # validation carve-out: fraction or count (None: usual)
+    synthetic_train: int = DataConfig.synthetic_train  # synthetic training images
+    synthetic_test: int = DataConfig.synthetic_test  # synthetic test images
+    image_size: int | None = DataConfig.image_size  # resize images to this square side
+    data_root: str | None = DataConfig.root  # download cache of torchvision data sets
+    name: str | None = None  # experiment name (None: made up from the data set, preset and time)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A validated search request: what the experiment and its two jobs will hold."""
+
+    space: SearchSpace  # the preset's search space
+    data: DataConfig  # the data set and its carve-out
+    hypernet: HyperNetConfig  # the HyperNet's capacity
+    train: TrainParams  # the train job's parameters
+    search: SearchParams  # the search job's parameters
+
+
+def plan_search(request: SearchRequest) -> SearchPlan:
+    """Check every setting of a request and build the experiment's configs; reads no data.
+
+    Raises:
+        ConfigError: the first setting that cannot work, with its ``field`` set to the
+            request field's name.
+    """
+    fields = typing.get_type_hints(SearchRequest)
+    for item in dataclasses.fields(SearchRequest):
+        _check_typed(getattr(request, item.name), fields[item.name], item.name.replace("_", "-"), item.name)
+    check_int(request.seed, "seed", field="seed", low=0)
+    if request.name is not None:
+        check_text(request.name, "name", field="name")
+    try:
+        space = get_preset(request.preset)
+    except InvalidSearchSpace as exc:
+        raise ConfigError(str(exc), "preset") from None
+    if request.hypernet not in HYPERNET_SIZES:
+        raise ConfigError(
+            f"unknown HyperNet size {request.hypernet!r} (one of {', '.join(HYPERNET_SIZES)})", "hypernet"
+        )
+    data = _data_config(request)
+    train = _request_config(
+        TrainConfig,
+        "train",
+        epochs=request.epochs,
+        max_steps=request.max_steps,
+        batch_size=request.batch_size,
+        lr=request.lr,
+        checkpoint_every=request.checkpoint_every,
+        eval_archs=request.eval_archs,
+        seed=request.seed,
+    )
+    batch = request.search_batch or (RACING_BATCH if request.racing else SearchConfig.batch)
+    search = _request_config(
+        SearchConfig, "search", strategy=request.strategy, architectures=request.archs, batch=batch, seed=request.seed
+    )
+    score = _request_config(
+        ScoreConfig,
+        "score",
+        images=request.score_images,
+        z_draws=request.z_draws,
+        bn_recalibration_batches=request.bn_recalibration,
+        seed=request.seed,
+    )
+    race = _request_config(RaceConfig, "race", top_k=request.race_top_k)
+    check_int(request.commit_every, "commit-every", field="commit_every", low=1)
+    params = SearchParams(search=search, score=score, racing=request.racing, race=race, commit_every=request.commit_every)
+    return SearchPlan(space, data, HYPERNET_SIZES[request.hypernet], TrainParams(train), params)
+
+
+# Config fields that a search request names otherwise (its option names).
+_REQUEST_NAMES = {
+    "architectures": "archs",
+    "batch": "search_batch",
+    "images": "score_images",
+    "bn_recalibration_batches": "bn_recalibration",
+    "top_k": "race_top_k",
+}
+
+
+def _request_config(cls: type[_Config], what: str, **values: Any) -> _Config:
+    """A config built from request fields; an error names the request's option."""
+    try:
+        return config_from_dict(cls, values, what)
+    except ConfigError as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        if exc.field is None:
+            raise ConfigError(detail) from None
+        field = _REQUEST_NAMES.get(exc.field, exc.field)
+        detail = detail.removeprefix(f"{cls.__name__}.{exc.field} ")  # type: ignore[attr-defined]
+        raise ConfigError(f"--{field.replace('_', '-')} {detail}", field) from None
+
+
+def _data_config(request: SearchRequest) -> DataConfig:
+    values: dict[str, Any] = {
+        "dataset": request.dataset,
+        "val_size": request.val_size,
+        "synthetic_train": request.synthetic_train,
+        "synthetic_test": request.synthetic_test,
+        "image_size": request.image_size,
+        "root": request.data_root,
+        "split_seed": DataConfig.split_seed,
+    }
+    try:
+        data = DataConfig(**values)
+    except DatasetError as exc:
+        raise ConfigError(str(exc), "dataset" if "data set" in str(exc) else None) from None
+    if data.kind in PATH_KINDS:
+        assert data.path is not None
+        path = data.path.expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"data set {request.dataset!r}: {path} does not exist", "dataset")
+        if data.kind == "folder" and not path.is_dir():
+            raise ConfigError(f"data set {request.dataset!r}: {path} is not a folder", "dataset")
+        # Absolute: the worker that reads it may run in another directory.
+        data = dataclasses.replace(data, dataset=f"{data.kind}:{path}")
+    return data
+
+
+def plan_retrain(settings: Mapping[str, Any], train_images: int | None = None) -> RetrainConfig:
+    """A retrain's config from the settings a user gave (a partial RetrainConfig).
+
+    Args:
+        settings: e.g. {"epochs": 20, "batch_size": 50, "lr": 0.1, "seed": 0}.
+        train_images: the experiment's training split, when known: one batch must fit.
+
+    Raises:
+        ConfigError: naming the first setting that cannot work.
+    """
+    if "seed" in settings:
+        check_int(settings["seed"], "seed", field="seed", low=0)
+    config = config_from_dict(RetrainConfig, settings, "retrain")
+    check_batch(config.batch_size, train_images, "retrain")
+    return config
+
+
+# The demo's budget: the whole method in a few minutes on a laptop CPU.
+DEMO_SEARCH = SearchRequest(
+    dataset="synthetic",
+    preset="tiny",
+    epochs=6,
+    lr=5e-3,  # above the paper's 1e-3: the run is short
+    archs=60,
+    eval_archs=2,
+    checkpoint_every=100,
+)
+DEMO_RETRAIN = RetrainConfig(epochs=5)
+DEMO_TOP = 10  # rows of the demo's final table
 
 
 def score_method(base: str, config: ScoreConfig) -> str:
@@ -271,13 +586,26 @@ def score_method(base: str, config: ScoreConfig) -> str:
 
 
 __all__ = [
+    "COMMIT_EVERY",
+    "DEMO_RETRAIN",
+    "DEMO_SEARCH",
+    "DEMO_TOP",
     "ConfigError",
     "ExperimentSpec",
     "RetrainParams",
     "ScoreParams",
     "SearchParams",
+    "SearchPlan",
+    "SearchRequest",
     "TrainParams",
+    "check_batch",
+    "check_float",
+    "check_int",
+    "check_text",
     "config_from_dict",
     "config_to_dict",
+    "parse_id",
+    "plan_retrain",
+    "plan_search",
     "score_method",
 ]

@@ -287,7 +287,7 @@ def train_hypernet(
             nonfinite |= ~torch.isfinite(loss)
             step += 1
             batch_in_epoch += 1
-            if step % config.report_every == 0 or step == total:
+            if step % config.report_interval(total) == 0 or step == total:
                 report()
             if step >= total:
                 break

@@ -9,10 +9,8 @@ import torch.nn.functional as F
 from engine.data import synthetic
 from engine.data.core import DataConfig, Dataset, DatasetError, Split
 from engine.data.sources import Source, read_folder, read_npz, read_torchvision
+from engine.probe import check_labels
 
-# Validation sizes the literature uses, where a data set has one (SMASH: 5,000 for CIFAR).
-_USUAL_VAL_SIZE: dict[str, float] = {"cifar10": 5000, "cifar100": 5000}
-_DEFAULT_VAL_SIZE = 0.1
 _CHUNK = 2048  # images converted to float at a time, to bound peak memory
 
 
@@ -43,10 +41,7 @@ def load_dataset(config: DataConfig) -> Dataset:
         )
     classes = _classes(source.classes, train, test, config.dataset)
 
-    size = _USUAL_VAL_SIZE.get(config.kind, _DEFAULT_VAL_SIZE)
-    if config.val_size is not None:
-        size = config.val_size
-    count = round(size * len(train)) if size < 1 else int(size)
+    count = config.val_count(len(train))
     train_idx, val_idx = carve_validation(train.labels, count, config.split_seed)
     train, val = train.subset(train_idx), train.subset(val_idx)
     mean, std = channel_stats(train.images)
@@ -143,13 +138,16 @@ def _classes(
         raise DatasetError(f"{dataset}: the training split is empty")
     if len(test) == 0:
         raise DatasetError(f"{dataset}: the test split is empty")
+    if named is None:  # classes by index: they must be 0-based, contiguous, two or more
+        count = check_labels(train.labels.numpy(), test.labels.numpy(), dataset)
+        return tuple(str(i) for i in range(count))
     low = min(int(train.labels.min()), int(test.labels.min()))
     high = max(int(train.labels.max()), int(test.labels.max()))
-    count = len(named) if named is not None else high + 1
+    count = len(named)
     if low < 0 or high >= count:
         bad = low if low < 0 else high
         raise DatasetError(f"{dataset}: label {bad} is out of range for {count} classes")
-    return named if named is not None else tuple(str(i) for i in range(count))
+    return named
 
 
 def _resized(split: Split, side: int) -> Split:

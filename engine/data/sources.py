@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.data.core import DatasetError, Split
+from engine.probe import folder_splits, npz_split_files
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -136,17 +137,7 @@ def read_npz(path: Path) -> Source:
     if not path.is_dir():
         raise DatasetError(f"npz data set not found: {path}")
 
-    files = sorted(path.glob("*.npz"), key=_natural_key)
-    train_files = [f for f in files if "train" in f.stem.lower()]
-    rest = [f for f in files if f not in train_files]
-    test_files = [f for f in rest if "test" in f.stem.lower()] or [
-        f for f in rest if "val" in f.stem.lower()
-    ]
-    if not train_files or not test_files:
-        found = ", ".join(f.name for f in files) or "no .npz files"
-        raise DatasetError(
-            f"{path} needs .npz files named *train* and *test* (or *val*); found {found}"
-        )
+    train_files, test_files = npz_split_files(path)
     train_classes, train = _read_npz_files(train_files)
     test_classes, test = _read_npz_files(test_files)
     if train_classes and test_classes and train_classes != test_classes:
@@ -248,21 +239,7 @@ def read_folder(path: Path, image_size: int | None) -> Source:
     """
     from PIL import Image
 
-    if not path.is_dir():
-        raise DatasetError(f"image folder not found: {path}")
-    train_dir = path / "train"
-    test_dir = path / "test" if (path / "test").is_dir() else path / "val"
-    if not train_dir.is_dir() or not test_dir.is_dir():
-        raise DatasetError(f"{path} needs train/ and test/ (or val/) subfolders")
-    classes = _class_folders(train_dir)
-    if not classes:
-        raise DatasetError(f"{train_dir} has no class folders")
-    test_classes = _class_folders(test_dir)
-    if test_classes != classes:
-        differ = sorted(set(classes) ^ set(test_classes))
-        raise DatasetError(
-            f"{train_dir} and {test_dir} have different class folders: {', '.join(differ)}"
-        )
+    train_dir, test_dir, classes = folder_splits(path)
     train_files = _image_files(train_dir, classes)
     test_files = _image_files(test_dir, classes)
 
@@ -297,10 +274,6 @@ def read_folder(path: Path, image_size: int | None) -> Source:
         return Split.from_arrays(images, labels, str(source))
 
     return Source(tuple(classes), decode(train_files, train_dir), decode(test_files, test_dir))
-
-
-def _class_folders(split_dir: Path) -> list[str]:
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def _image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from smash_tui import __version__
-from smash_tui.cli import browse, jobs, run, system
+from smash_tui.cli import browse, jobs, retrain, search, system, worker
 
 
 class _OneLineErrors(TyperGroup):
@@ -90,10 +90,11 @@ def root(
         raise typer.Exit()
 
 
-app.command(rich_help_panel="Run")(run.search)
-app.command(rich_help_panel="Run")(run.demo)
-app.command(rich_help_panel="Run")(run.retrain)
-app.command(rich_help_panel="Run")(run.worker)
+app.command(rich_help_panel="Run")(search.search)
+app.command(rich_help_panel="Run")(search.demo)
+app.command(rich_help_panel="Run")(retrain.retrain)
+app.command(rich_help_panel="Run")(retrain.score)
+app.command(rich_help_panel="Run")(worker.worker)
 app.command(rich_help_panel="Browse")(browse.experiments)
 app.command(rich_help_panel="Browse")(browse.ls)
 app.command(rich_help_panel="Browse")(browse.show)

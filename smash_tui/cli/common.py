@@ -29,6 +29,7 @@ from engine.errors import (
     RetrainError,
     TrainingDiverged,
 )
+from engine.params import parse_id as engine_parse_id
 from engine.space import InvalidSearchSpace
 from storage.db import Database, open_database
 from storage.errors import FilterError, NotFoundError, StorageError, first_line
@@ -195,11 +196,15 @@ def resolve_experiment(session: Session, value: str | None) -> Experiment:
 
 
 def parse_id(value: str, noun: str) -> int:
-    """A positive integer id from the command line (usage error otherwise)."""
-    text = value.strip()
-    if not text.isdigit() or int(text) < 1:
-        fail(f"{noun} id must be a positive integer, got {value!r}", EXIT_USAGE)
-    return int(text)
+    """A positive integer id from the command line: ASCII digits (usage error otherwise)."""
+    return engine_parse_id(value, noun)
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine lacks before anything is queued (loads torch)."""
+    from engine.device import resolve_device
+
+    resolve_device(device)
 
 
 def jobs_by_id(session: Session, job_ids: Sequence[int]) -> list[Job]:
@@ -226,7 +231,8 @@ def run_foreground(
         typer.Exit: 130 when interrupted.
     """
     from smash_tui.cli.render import JobProgress
-    from smash_tui.runner.worker import Worker, WorkerConfig
+    from smash_tui.runner.config import WorkerConfig
+    from smash_tui.runner.worker import Worker
 
     config = WorkerConfig(device=device, threads=threads, job_ids=tuple(job_ids), poll_s=1.0)
     with JobProgress(console) as progress:

@@ -27,7 +27,14 @@ from textual.screen import Screen
 
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.dashboard import DashboardScreen
-from smash_tui.tui.forms import RetrainSettings, SearchSettings
+from smash_tui.tui.forms import (
+    RETRAIN_DEFAULTS,
+    SCORE_DEFAULTS,
+    SEARCH_DEFAULTS,
+    RetrainSettings,
+    ScoreSettings,
+    SearchSettings,
+)
 from smash_tui.tui.messages import ActionDone, ActionFailed, StoreFailed, StoreOpened
 from smash_tui.tui.processes import Launched, launch_worker, run_smash
 from smash_tui.tui.widgets import VIEWS, ViewBar
@@ -38,17 +45,6 @@ if TYPE_CHECKING:
 
 DARK_THEME = "textual-dark"
 LIGHT_THEME = "textual-light"
-# What the dialogs show at first.
-RETRAIN_DEFAULTS = RetrainSettings(epochs=20, batch_size=50, lr=0.1)
-SEARCH_DEFAULTS = SearchSettings(
-    dataset="synthetic",
-    preset="tiny",
-    epochs=3,
-    archs=100,
-    strategy="random",
-    name=None,
-    seed=0,
-)
 # Keys of the data tables, listed in the help (the DataTable binds them).
 TABLE_KEYS = [
     ("↑ ↓ pgup pgdn", "move the cursor"),
@@ -312,6 +308,47 @@ class SmashApp(App[None]):
                 f"queued {len(jobs)} retrain{'s' if len(jobs) != 1 else ''} "
                 f"({settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}): {what}"
             )
+        )
+        self._ensure_worker(store)
+        if on_queued is not None:
+            self.call_from_thread(on_queued)
+
+    def ask_rescore(self, architecture_ids: list[int], *, on_queued: Callable[[], None] | None = None) -> None:
+        """Open the score-again dialog and queue one score job on confirm (`smash score`).
+
+        Args:
+            architecture_ids: What to score again.
+            on_queued: Called on the event loop once the job is in the database.
+        """
+        store, experiment_id = self.store, self.experiment_id
+        if store is None or experiment_id is None:
+            return
+
+        def answered(settings: object) -> None:
+            if isinstance(settings, ScoreSettings):
+                self._queue_score(store, experiment_id, architecture_ids, settings, on_queued)
+
+        from smash_tui.tui.dialogs import ScoreDialog
+
+        self.push_screen(ScoreDialog(architecture_ids, SCORE_DEFAULTS), answered)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _queue_score(
+        self,
+        store: Store,
+        experiment_id: int,
+        architecture_ids: list[int],
+        settings: ScoreSettings,
+        on_queued: Callable[[], None] | None,
+    ) -> None:
+        try:
+            job = store.queue_score(experiment_id, architecture_ids, settings)
+        except Exception as exc:
+            self.post_message(ActionFailed(f"nothing queued: {exc}"))
+            return
+        count = len(architecture_ids)
+        self.post_message(
+            ActionDone(f"queued job {job}: score {count} architecture{'s' if count != 1 else ''} again")
         )
         self._ensure_worker(store)
         if on_queued is not None:

@@ -198,6 +198,13 @@ class ArchitecturesScreen(SmashScreen):
         Binding("u", "unmark", "Unmark all", show=False),
         Binding("r", "retrain", "Retrain", tooltip="retrain the marked rows, or this one (dialog)"),
         Binding("e", "export", "Export", tooltip="export this architecture (smash export)"),
+        Binding(
+            "z",
+            "rescore",
+            "Score again",
+            show=False,  # the footer is full at 80 columns; the help and ctrl+p list it
+            tooltip="score the marked rows, or this one, again (more z draws...)",
+        ),
         Binding("d", "toggle_detail", "Detail", show=False, tooltip="show or hide the detail pane"),
     ]
     DEFAULT_CSS = """
@@ -634,6 +641,15 @@ class ArchitecturesScreen(SmashScreen):
         self.action_unmark()
         self.reload_window(keep_cursor=True, limit=max(PAGE, len(self.rows)))
         self.refresh_detail()
+
+    def action_rescore(self) -> None:
+        """Score the marked rows, or the highlighted one, again against the newest checkpoint."""
+        current = self._current()
+        ids = sorted(self.marks) if self.marks else ([current.id] if current else [])
+        if not ids:
+            self.notify("nothing to score: no architecture selected", severity="warning")
+            return
+        self.smash.ask_rescore(ids, on_queued=self.action_unmark)
 
     def action_export(self) -> None:
         """Export the highlighted architecture (as `smash export`)."""

@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from smash_tui.runner.launch import ALIVE_WITHIN_S
-from smash_tui.submit import enqueue_retrain
-from smash_tui.tui.forms import RetrainSettings
+from smash_tui.submit import queue_retrain, queue_score
+from smash_tui.tui.forms import RetrainSettings, ScoreSettings
 from smash_tui.tui.stats import Correlation, correlation, pareto_front
 from storage.control import request_cancel, request_pause, resume, retry
 from storage.db import Database, open_database
@@ -123,11 +123,6 @@ class ParetoData:
     scored: int  # scored architectures considered
     background: tuple[tuple[int, float], ...]  # (cost, err) sample of all of them
     front: tuple[ArchitectureRow, ...]  # the front, by increasing cost
-
-
-def retrain_config(settings: RetrainSettings) -> dict[str, Any]:
-    """The partial ``RetrainConfig`` a retrain job carries (other fields keep their defaults)."""
-    return {"epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr}
 
 
 def _job_view(job: Any) -> JobView:
@@ -308,9 +303,8 @@ class Store:
         All or nothing: one transaction, refused when an architecture belongs to
         another experiment than the one shown.
         """
-        config = retrain_config(settings)
         with self.db.session() as session:
-            jobs = [enqueue_retrain(session, ident, config) for ident in architecture_ids]
+            jobs = [queue_retrain(session, ident, settings.config()) for ident in architecture_ids]
             strangers = [job.id for job in jobs if job.experiment_id != experiment_id]
             if strangers:
                 session.rollback()
@@ -319,6 +313,16 @@ class Store:
                 )
             session.commit()
             return [job.id for job in jobs]
+
+    def queue_score(self, experiment_id: int, architecture_ids: Sequence[int], settings: ScoreSettings) -> int:
+        """Queue one job scoring the architectures again (newest checkpoint); return its id."""
+        with self.db.session() as session:
+            job = queue_score(session, architecture_ids, settings.config())
+            if job.experiment_id != experiment_id:
+                session.rollback()
+                raise StorageError(f"architectures of another experiment than {experiment_id}: nothing queued")
+            session.commit()
+            return job.id
 
     def pause(self, job_id: int) -> JobView:
         """Pause a job (a running one when its worker next checks)."""

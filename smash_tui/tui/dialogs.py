@@ -17,13 +17,15 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from engine.config import STRATEGIES
+from engine.space import PRESETS
 from smash_tui.tui.forms import (
-    PRESETS,
-    STRATEGIES,
     FormError,
     RetrainSettings,
+    ScoreSettings,
     SearchSettings,
     parse_retrain,
+    parse_score,
     parse_search,
 )
 
@@ -184,6 +186,53 @@ class RetrainDialog(FormDialog):
                 self.query_one("#epochs", Input).value,
                 self.query_one("#batch-size", Input).value,
                 self.query_one("#lr", Input).value,
+            )
+        except FormError as error:
+            self.show_error(error)
+            return
+        self.dismiss(settings)
+
+
+class ScoreDialog(FormDialog):
+    """Ask how to score architectures again against the experiment's newest HyperNet.
+
+    Args:
+        architecture_ids: What will be scored.
+        defaults: The values shown at first.
+    """
+
+    DEFAULT_CSS = DIALOG_CSS.format(name="ScoreDialog")
+
+    def __init__(self, architecture_ids: list[int], defaults: ScoreSettings) -> None:
+        super().__init__()
+        self.architecture_ids = architecture_ids
+        self.defaults = defaults
+
+    def compose(self) -> ComposeResult:
+        ids = self.architecture_ids
+        what = f"architecture {ids[0]}" if len(ids) == 1 else f"{len(ids)} architectures"
+        compact = self.compact
+        with self.body():
+            yield Static(f"Score {what} again (newest HyperNet checkpoint)", classes="dialog-title")
+            with Grid(classes="form"):
+                yield Label("z draws")
+                yield Input(str(self.defaults.z_draws), id="z-draws", compact=compact)
+                yield Label("BN recalibration")
+                yield Input(str(self.defaults.bn_recalibration), id="bn-recalibration", compact=compact)
+                yield Label("images")
+                shown = "" if self.defaults.images is None else str(self.defaults.images)
+                yield Input(shown, id="images", placeholder="all", compact=compact)
+            yield Static("", classes="form-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Queue", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def submit(self) -> None:
+        try:
+            settings = parse_score(
+                self.query_one("#z-draws", Input).value,
+                self.query_one("#bn-recalibration", Input).value,
+                self.query_one("#images", Input).value,
             )
         except FormError as error:
             self.show_error(error)

@@ -1,22 +1,18 @@
-"""What the app's forms ask for, and their validation (no Textual, no database).
+"""What the app's forms ask for: defaults and rules are the engine's (no Textual, no database).
 
-The choices are the engine's own (``engine.space.PRESETS``, ``engine.config``),
-read from its torch-free modules.
+The defaults are the engine's (``engine.params.SearchRequest``, ``engine.config``) and
+so are the rules (``plan_search``, ``plan_retrain``): the command line and the app
+cannot disagree on what a setting may be. All of it is torch-free.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
+from typing import Any
 
-from engine.config import BUILT_IN_KINDS, PATH_KINDS, STRATEGIES
-from engine.space import PRESETS as ENGINE_PRESETS
-
-PRESETS: Final = tuple(ENGINE_PRESETS)
-BUILT_IN_DATASETS: Final = BUILT_IN_KINDS
-PATH_DATASETS: Final = PATH_KINDS
+from engine.config import RetrainConfig, ScoreConfig
+from engine.errors import ConfigError
+from engine.params import SearchRequest, config_from_dict, plan_retrain, plan_search
 
 
 class FormError(ValueError):
@@ -57,24 +53,17 @@ def whole(text: str, field: str, label: str, *, minimum: int = 1) -> int:
     return number
 
 
-def positive(text: str, field: str, label: str) -> float:
-    """Parse a positive, finite number such as ``0.1`` or ``5e-2``.
+def number(text: str, field: str, label: str) -> float:
+    """Parse a number such as ``0.1`` or ``5e-2`` (its range is the engine's to check).
 
     Raises:
-        FormError: When it is not a number, not finite, or not above zero.
+        FormError: When it is not a number.
     """
     value = text.strip()
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise FormError(field, f"{label} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise FormError(field, f"{label} must be finite, got {value!r}")
-    if number < 0:
-        raise FormError(field, f"{label} cannot be negative, got {value}")
-    if number == 0:
-        raise FormError(field, f"{label} must be above 0")
-    return number
 
 
 @dataclass(frozen=True)
@@ -85,43 +74,71 @@ class RetrainSettings:
     batch_size: int  # images per step
     lr: float  # peak learning rate
 
+    def config(self) -> dict[str, Any]:
+        """The RetrainConfig fields these settings give (the rest take the engine's defaults)."""
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+
+
+# What the dialogs show at first: the engine's defaults, as the command line's.
+RETRAIN_DEFAULTS = RetrainSettings(RetrainConfig.epochs, RetrainConfig.batch_size, RetrainConfig.lr)
+
+
+def _form_error(error: ConfigError, fields: dict[str, str]) -> FormError:
+    """A setting refused by the engine, shown beside the form field that holds it."""
+    return FormError(fields.get(error.field or "", next(iter(fields.values()))), str(error))
+
 
 def parse_retrain(epochs: str, batch_size: str, lr: str) -> RetrainSettings:
-    """Validate the retrain dialog.
+    """Validate the retrain dialog with the engine's rules (`engine.params.plan_retrain`).
 
     Raises:
         FormError: Naming the first bad field.
     """
-    return RetrainSettings(
+    settings = RetrainSettings(
         epochs=whole(epochs, "epochs", "epochs"),
         batch_size=whole(batch_size, "batch-size", "batch size"),
-        lr=positive(lr, "lr", "learning rate"),
+        lr=number(lr, "lr", "learning rate"),
     )
+    try:
+        plan_retrain(settings.config())
+    except ConfigError as error:
+        raise _form_error(error, {"epochs": "epochs", "batch_size": "batch-size", "lr": "lr"}) from None
+    return settings
 
 
-def check_dataset(text: str) -> str:
-    """A data set id the engine accepts: a built-in name, ``npz:FILE`` or ``folder:DIR``.
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What the score-again dialog asks for."""
 
-    Paths must exist (``~`` is expanded); they are made absolute, since the
-    worker that loads them may run in another directory.
+    z_draws: int  # random z draws averaged per score
+    bn_recalibration: int  # BN recalibration batches per score (0: off)
+    images: int | None  # validation images per score (None: all)
+
+    def config(self) -> dict[str, Any]:
+        """The ScoreConfig fields these settings give."""
+        return {"z_draws": self.z_draws, "bn_recalibration_batches": self.bn_recalibration, "images": self.images}
+
+
+SCORE_DEFAULTS = ScoreSettings(ScoreConfig.z_draws, ScoreConfig.bn_recalibration_batches, ScoreConfig.images)
+
+
+def parse_score(z_draws: str, bn_recalibration: str, images: str) -> ScoreSettings:
+    """Validate the score-again dialog with the engine's rules (an empty images field: all).
 
     Raises:
-        FormError: For an unknown name or a missing path.
+        FormError: Naming the first bad field.
     """
-    value = text.strip()
-    if value in BUILT_IN_DATASETS:
-        return value
-    kind, _, path = value.partition(":")
-    if kind in PATH_DATASETS and path.strip():
-        resolved = Path(path.strip()).expanduser().resolve()
-        if kind == "npz" and not resolved.is_file():
-            raise FormError("dataset", f"no such file: {resolved}")
-        if kind == "folder" and not resolved.is_dir():
-            raise FormError("dataset", f"no such folder: {resolved}")
-        return f"{kind}:{resolved}"
-    choices = ", ".join(BUILT_IN_DATASETS + tuple(f"{kind}:PATH" for kind in PATH_DATASETS))
-    shown = value or "(empty)"
-    raise FormError("dataset", f"unknown data set {shown!r}: expected one of {choices}")
+    settings = ScoreSettings(
+        z_draws=whole(z_draws, "z-draws", "z draws"),
+        bn_recalibration=whole(bn_recalibration, "bn-recalibration", "BN recalibration batches", minimum=0),
+        images=whole(images, "images", "images") if images.strip() else None,
+    )
+    try:
+        config_from_dict(ScoreConfig, settings.config(), "score")
+    except ConfigError as error:
+        fields = {"z_draws": "z-draws", "bn_recalibration_batches": "bn-recalibration", "images": "images"}
+        raise _form_error(error, fields) from None
+    return settings
 
 
 @dataclass(frozen=True)
@@ -129,10 +146,10 @@ class SearchSettings:
     """What the new-search form asks for."""
 
     dataset: str  # data set id, e.g. "synthetic" or "npz:/abs/path.npz"
-    preset: str  # one of PRESETS
+    preset: str  # one of engine.space.PRESETS
     epochs: int  # HyperNet training epochs
     archs: int  # architectures to score
-    strategy: str  # one of STRATEGIES
+    strategy: str  # one of engine.config.STRATEGIES
     name: str | None  # experiment name; None lets smash pick one
     seed: int  # seed of every random choice
 
@@ -157,27 +174,49 @@ class SearchSettings:
         return args
 
 
+_DEFAULT_SEARCH = SearchRequest()
+SEARCH_DEFAULTS = SearchSettings(
+    dataset=_DEFAULT_SEARCH.dataset,
+    preset=_DEFAULT_SEARCH.preset,
+    epochs=_DEFAULT_SEARCH.epochs,
+    archs=_DEFAULT_SEARCH.archs,
+    strategy=_DEFAULT_SEARCH.strategy,
+    name=_DEFAULT_SEARCH.name,
+    seed=_DEFAULT_SEARCH.seed,
+)
+
+
 def parse_search(
     *, dataset: str, preset: str, epochs: str, archs: str, strategy: str, name: str, seed: str
 ) -> SearchSettings:
-    """Validate the new-search form.
+    """Validate the new-search form with the engine's rules (`engine.params.plan_search`).
+
+    Paths must exist (``~`` is expanded); they are made absolute, since the worker that
+    loads them may run in another directory.
 
     Raises:
         FormError: Naming the first bad field.
     """
-    checked = check_dataset(dataset)
-    if preset not in PRESETS:
-        raise FormError("preset", f"unknown preset {preset!r} (one of {', '.join(PRESETS)})")
-    if strategy not in STRATEGIES:
-        raise FormError(
-            "strategy", f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})"
-        )
-    return SearchSettings(
-        dataset=checked,
+    request = SearchRequest(
+        dataset=dataset.strip(),
         preset=preset,
         epochs=whole(epochs, "epochs", "HyperNet epochs"),
         archs=whole(archs, "archs", "architectures"),
         strategy=strategy,
         name=name.strip() or None,
         seed=whole(seed, "seed", "seed", minimum=0),
+    )
+    try:
+        plan = plan_search(request)
+    except ConfigError as error:
+        fields = {key: key for key in ("dataset", "preset", "epochs", "archs", "strategy", "name", "seed")}
+        raise _form_error(error, fields) from None
+    return SearchSettings(
+        dataset=plan.data.dataset,
+        preset=request.preset,
+        epochs=request.epochs,
+        archs=request.archs,
+        strategy=request.strategy,
+        name=request.name,
+        seed=request.seed,
     )

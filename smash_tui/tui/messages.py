@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from smash_tui.tui.data import DashboardData, JobView, ParetoData, ProxyData, Store
     from smash_tui.tui.processes import GpuStatus
     from storage.queries import ArchitectureDetail, ArchitecturePage, Filter
-    from storage.summaries import ChangeMarker, ExperimentSummary
+    from storage.summaries import ChangeMarker
 
 
 class StoreOpened(Message):
@@ -89,14 +89,6 @@ class DashboardLoaded(Message):
         super().__init__()
         self.data = data
         self.gpus = gpus or []
-
-
-class ExperimentsLoaded(Message):
-    """The experiment list (for views that only need names)."""
-
-    def __init__(self, experiments: list[ExperimentSummary]) -> None:
-        super().__init__()
-        self.experiments = experiments
 
 
 class JobsLoaded(Message):

@@ -13,10 +13,11 @@ from pathlib import Path
 from click.testing import Result
 from typer.testing import CliRunner
 
+from engine.config import HYPERNET_SIZES
 from engine.data import DataConfig
 from engine.families import resnet_style
-from engine.hypernet import HyperNetConfig
-from engine.jobs import prepare_experiment
+from engine.params import ExperimentSpec
+from engine.probe import probe_dataset
 from engine.space import PRESETS
 from smash_tui.cli import app
 from storage.db import Database
@@ -28,7 +29,7 @@ TINY_SEARCH = [
     "--preset",
     "tiny",
     "--hypernet",
-    "small",
+    "compact",
     "--batch-size",
     "25",
     "--score-images",
@@ -155,7 +156,9 @@ def retrain_experiment(db: Database, count: int) -> tuple[int, list[int]]:
     """
     space = PRESETS["tiny"]
     data = DataConfig("synthetic", synthetic_train=200, synthetic_test=50, val_size=50)
-    spec, _ = prepare_experiment(space, data, HyperNetConfig(growth=(6, 6), layers=(2, 2)), 0)
+    shape = probe_dataset(data)
+    assert shape is not None
+    spec = ExperimentSpec(space, data, HYPERNET_SIZES["compact"], 0, **shape.to_dict())
     archs = [resnet_style(space, ops_per_block=ops) for ops in range(1, count + 1)]
     with db.session() as session:
         experiment = create_experiment(

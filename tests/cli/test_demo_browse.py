@@ -15,7 +15,7 @@ from engine.params import score_method
 from engine.score import ScoreConfig, Scorer
 from smash_tui.cli import app
 from smash_tui.runner.worker import Worker, WorkerConfig
-from smash_tui.submit import enqueue_score
+from smash_tui.submit import queue_score
 from storage.db import open_database
 from storage.models import Architecture, Checkpoint, Event, Experiment, Job, Metric, Retrain, Score
 from storage.queue import enqueue
@@ -264,7 +264,7 @@ def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(
             ).id
             first = session.scalars(select(Architecture).order_by(Architecture.id)).first()
             assert first is not None
-            rescore = enqueue_score(session, [first.id], {"images": 50, "z_draws": 2}).id
+            rescore = queue_score(session, [first.id], {"images": 50, "z_draws": 2}).id
             session.commit()
         worker = Worker(db, WorkerConfig(device="cpu", once=True, heartbeat_s=0.2))
         assert worker.run() == 0

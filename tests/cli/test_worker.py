@@ -13,10 +13,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from engine.params import SearchRequest
 from engine.space import PRESETS
-from smash_tui.cli.run import SearchRequest, create_search
+from smash_tui.cli.search import create_search
 from smash_tui.runner.worker import Worker, WorkerConfig
-from smash_tui.submit import enqueue_retrain, enqueue_score
+from smash_tui.submit import queue_retrain, queue_score
 from storage.db import Database, normalize_url, open_database
 from storage.models import Architecture, Checkpoint, Event, Job, Metric, Retrain, Score
 from storage.queue import enqueue
@@ -73,9 +74,9 @@ def test_failures_become_failed_jobs_with_one_line_errors(tmp_path: Path) -> Non
             "retrain",
             {"architecture_id": archs[0], "retrain": {"epochs": -1}},
         ).id
-        corrupt = enqueue_retrain(session, archs[1], {"epochs": 1, "batch_size": 25}).id
+        corrupt = queue_retrain(session, archs[1], {"epochs": 1, "batch_size": 25}).id
         unknown = enqueue(session, experiment_id, "retrain", {"architecture_id": 999}).id
-        no_hypernet = enqueue_score(session, archs, {"images": 10}).id
+        no_hypernet = queue_score(session, archs, {"images": 10}).id
         session.commit()
     garbage = db.checkpoints_dir / f"experiment-{experiment_id}" / f"retrain-{corrupt}.pt"
     garbage.parent.mkdir(parents=True)
@@ -136,7 +137,7 @@ def test_two_workers_drain_a_queue_without_running_a_job_twice(tmp_path: Path) -
     db = open_database(str(tmp_path / "smash.db"))
     _, archs = retrain_experiment(db, 4)
     with db.session() as session:
-        job_ids = [enqueue_retrain(session, a, {"epochs": 1, "batch_size": 25}).id for a in archs]
+        job_ids = [queue_retrain(session, a, {"epochs": 1, "batch_size": 25}).id for a in archs]
         session.commit()
     workers = [start_worker(db.url, tmp_path / f"worker-{i}.out", "--once") for i in range(2)]
     try:
@@ -236,7 +237,7 @@ def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path) -> N
     db = open_database(str(tmp_path / "smash.db"))
     request = SearchRequest(
         preset="tiny",
-        hypernet="small",
+        hypernet="compact",
         epochs=2,
         max_steps=16,
         batch_size=25,
@@ -249,9 +250,10 @@ def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path) -> N
         val_size=100,
         synthetic_train=300,
         synthetic_test=100,
+        name="crash",
     )
     assert PRESETS[request.preset].name == "tiny"
-    created = create_search(db, request, "crash")
+    created = create_search(db, request)
     url = normalize_url(str(tmp_path / "smash.db"))
     stale = ("--stale-after", "2", "--once")
 

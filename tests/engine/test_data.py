@@ -419,9 +419,13 @@ def test_folder_bad_trees(tmp_path: Path) -> None:
         load_dataset(DataConfig(f"folder:{tmp_path}"))
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
-    with pytest.raises(DatasetError, match="no class folders"):
+    with pytest.raises(DatasetError, match="at least two class folders, found 0"):
         load_dataset(DataConfig(f"folder:{tmp_path}"))
     (tmp_path / "train" / "cat").mkdir()
+    with pytest.raises(DatasetError, match="at least two class folders, found 1"):
+        load_dataset(DataConfig(f"folder:{tmp_path}"))
+    for split in ("train", "test"):
+        (tmp_path / split / "bird").mkdir()
     (tmp_path / "test" / "dog").mkdir()
     with pytest.raises(DatasetError, match="different class folders: cat, dog"):
         load_dataset(DataConfig(f"folder:{tmp_path}"))
@@ -429,7 +433,9 @@ def test_folder_bad_trees(tmp_path: Path) -> None:
     (tmp_path / "test" / "cat").mkdir()
     with pytest.raises(DatasetError, match="holds no images"):
         load_dataset(DataConfig(f"folder:{tmp_path}"))
-    Image.new("RGB", (4, 4)).save(tmp_path / "test" / "cat" / "0.png")
+    for name in ("cat", "bird"):
+        Image.new("RGB", (4, 4)).save(tmp_path / "test" / name / "0.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "bird" / "0.png")
     (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"\xff\xd8 truncated jpeg")
     with pytest.raises(DatasetError, match="cannot read image .*0.jpg"):
         load_dataset(DataConfig(f"folder:{tmp_path}"))

@@ -256,5 +256,5 @@ def test_search_resumes_without_rescoring_and_follows_the_same_path() -> None:
 def test_bad_search_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown search strategy 'greedy'"):
         SearchConfig(strategy="greedy")
-    with pytest.raises(ValueError, match="architectures must be positive"):
+    with pytest.raises(ValueError, match="architectures must be at least 1, got -3"):
         SearchConfig(architectures=-3)

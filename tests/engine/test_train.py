@@ -92,7 +92,7 @@ def test_resuming_from_a_foreign_or_corrupt_file_is_a_clear_error(small_syntheti
 
 
 def test_bad_train_config() -> None:
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="bf16"):
         TrainConfig(bf16="maybe")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -13,10 +14,18 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
+from engine.config import RetrainConfig, ScoreConfig
+from engine.params import SearchRequest
 from smash_tui.tui.app import SCREENS, SmashApp, screen_class
 from smash_tui.tui.architectures import GRID_COLUMNS, ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen
-from smash_tui.tui.dialogs import ConfirmDialog, HelpScreen, NewSearchDialog, RetrainDialog
+from smash_tui.tui.dialogs import (
+    ConfirmDialog,
+    HelpScreen,
+    NewSearchDialog,
+    RetrainDialog,
+    ScoreDialog,
+)
 from smash_tui.tui.grid import Grid
 from smash_tui.tui.messages import CountLoaded, PageLoaded
 from smash_tui.tui.widgets import StatusLine
@@ -273,10 +282,9 @@ async def test_retrain_dialog_queues_a_job_with_the_chosen_settings(
         assert app.screen is screen
     retrains = jobs_in_db(fixture, "retrain")
     newest = retrains[-1]
-    assert newest.params == {
-        "architecture_id": target,
-        "retrain": {"epochs": 7, "batch_size": 32, "lr": 0.05},
-    }
+    assert newest.params["architecture_id"] == target
+    # The whole config is stored: what was asked, and the engine's defaults for the rest.
+    assert newest.params["retrain"] == {**asdict(RetrainConfig()), "epochs": 7, "batch_size": 32, "lr": 0.05}
     assert newest.state == "queued"
     db = open_database(fixture.url)
     with db.session() as session:
@@ -304,6 +312,36 @@ async def test_marked_rows_are_retrained_together(
         assert screen.marks == set()
     queued = [job for job in jobs_in_db(fixture, "retrain") if job.state == "queued"]
     assert sorted(job.params["architecture_id"] for job in queued) == sorted(shown[2:4])
+
+
+async def test_z_scores_the_marked_rows_again_with_the_dialogs_settings(
+    fixture: Fixture, launcher: FakeLauncher, runner: FakeRunner
+) -> None:
+    app = make_app(fixture, launcher, runner)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_browser(pilot)
+        shown = ids_shown(screen.query_one("#arch-table", Grid))
+        await pilot.press("space", "space")  # marks rows 1 and 2
+        await pilot.press("z")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, ScoreDialog)
+        assert dialog.query_one("#z-draws", Input).value == str(ScoreConfig.z_draws)
+        dialog.query_one("#z-draws", Input).value = "0"
+        await pilot.click("#ok")
+        await settle(pilot)
+        assert app.screen is dialog  # refused beside the field, nothing queued
+        assert "must be at least 1" in text_of(dialog.query_one(".form-error", Static))
+        dialog.query_one("#z-draws", Input).value = "4"
+        dialog.query_one("#images", Input).value = "100"
+        await pilot.click("#ok")
+        await settle(pilot)
+        assert app.screen is screen and screen.marks == set()
+    job = jobs_in_db(fixture, "score")[-1]
+    assert job.state == "queued"
+    assert sorted(job.params["architecture_ids"]) == sorted(shown[:2])
+    assert (job.params["score"]["z_draws"], job.params["score"]["images"]) == (4, 100)
+    assert launcher.calls == [fixture.url]
 
 
 async def test_retrain_dialog_refuses_bad_values_inline(
@@ -406,7 +444,7 @@ async def test_pause_and_resume_in_the_jobs_view(
     ("field", "value", "message"),
     [
         ("dataset", "imagenet", "unknown data set 'imagenet'"),
-        ("dataset", "npz:/no/such/file.npz", "no such file"),
+        ("dataset", "npz:/no/such/file.npz", "/no/such/file.npz does not exist"),
         ("epochs", "-1", "HyperNet epochs cannot be negative"),
         ("archs", "0", "architectures must be at least 1"),
         ("seed", "x", "seed must be a whole number"),
@@ -459,7 +497,7 @@ async def test_new_search_runs_smash_search_detached(
     options = dict(zip(args[3::2], args[4::2]))
     assert options == {
         "--dataset": "synthetic",
-        "--preset": "tiny",
+        "--preset": SearchRequest.preset,  # the form shows the engine's defaults, as the CLI does
         "--epochs": "2",
         "--archs": "30",
         "--strategy": "random",

@@ -35,7 +35,7 @@ pytest.importorskip("torch")  # the worker needs it; the app itself does not
 # Budgets of `smash search` that the form leaves at their defaults.
 TINY = [
     "--max-steps", "6",
-    "--hypernet", "small",
+    "--hypernet", "compact",
     "--batch-size", "25",
     "--synthetic-train", "300",
     "--synthetic-test", "100",

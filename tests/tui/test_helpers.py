@@ -109,9 +109,11 @@ def test_retrain_form_parses_and_names_the_bad_field() -> None:
         (("0", "50", "0.1"), "epochs", "epochs must be at least 1, got 0"),
         (("2.5", "50", "0.1"), "epochs", "epochs must be a whole number, got '2.5'"),
         (("5", "x", "0.1"), "batch-size", "batch size must be a whole number"),
-        (("5", "50", "-0.1"), "lr", "learning rate cannot be negative"),
-        (("5", "50", "0"), "lr", "learning rate must be above 0"),
-        (("5", "50", "inf"), "lr", "learning rate must be finite"),
+        # The ranges are the engine's, the same words the command line prints.
+        (("5", "50", "-0.1"), "lr", "lr must be positive and finite, got -0.1"),
+        (("5", "50", "0"), "lr", "lr must be positive and finite, got 0.0"),
+        (("5", "50", "inf"), "lr", "lr must be a finite number, got inf"),
+        (("5", "50", "nan"), "lr", "lr must be a finite number, got nan"),
     ):
         with pytest.raises(FormError) as caught:
             parse_retrain(*arguments)
@@ -139,19 +141,21 @@ def test_search_form_checks_data_sets_and_paths(tmp_path: Path) -> None:
     archive.write_bytes(b"")
     assert _search(dataset=f"npz:{archive}").dataset == f"npz:{archive.resolve()}"
     assert _search(dataset=f"folder:{tmp_path}").dataset == f"folder:{tmp_path.resolve()}"
+    # A folder of npz files, as the command line takes it (the form refused it once).
+    assert _search(dataset=f"npz:{tmp_path}").dataset == f"npz:{tmp_path.resolve()}"
     for dataset, message in (
         ("imagenet", "unknown data set 'imagenet': expected one of synthetic, cifar10"),
-        ("", "unknown data set '(empty)'"),
+        ("", "unknown data set ''"),
         ("npz:", "unknown data set 'npz:'"),
-        (f"npz:{tmp_path / 'missing.npz'}", "no such file"),
-        (f"folder:{archive}", "no such folder"),
+        (f"npz:{tmp_path / 'missing.npz'}", "missing.npz does not exist"),
+        (f"folder:{archive}", "data.npz is not a folder"),
     ):
         with pytest.raises(FormError) as caught:
             _search(dataset=dataset)
         assert caught.value.field == "dataset" and message in caught.value.message
     with pytest.raises(FormError, match="unknown preset 'huge'"):
         _search(preset="huge")
-    with pytest.raises(FormError, match="unknown strategy 'greedy'"):
+    with pytest.raises(FormError, match="unknown search strategy 'greedy'"):
         _search(strategy="greedy")
     with pytest.raises(FormError, match="seed cannot be negative"):
         _search(seed="-2")

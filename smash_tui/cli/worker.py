@@ -1,0 +1,69 @@
+"""``smash worker``: claim queued jobs and run them until stopped."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from smash_tui.cli.common import DbOption, DeviceOption, ThreadsOption, command, open_db
+from smash_tui.runner.config import WorkerConfig
+
+WORKER = WorkerConfig()
+
+
+def _kinds(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
+    return kinds or None
+
+
+@command
+def worker(
+    device: DeviceOption = "auto",
+    once: Annotated[bool, typer.Option(help="Exit when no claimable job is left.")] = False,
+    kinds: Annotated[
+        str | None,
+        typer.Option(help="Only these job kinds, comma-separated: train,score,search,retrain."),
+    ] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between looks at an empty queue.")] = WORKER.poll_s,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = WORKER.heartbeat_s,
+    stale_after: Annotated[
+        float, typer.Option(help="Requeue running jobs silent for this many seconds.")
+    ] = WORKER.stale_after_s,
+    threads: ThreadsOption = None,
+    db: DbOption = None,
+) -> None:
+    """Claim queued jobs and run them until stopped (SIGTERM or Ctrl-C requeues the current one)."""
+    from smash_tui.cli.render import JobProgress
+    from smash_tui.runner.worker import Worker
+
+    config = WorkerConfig(
+        device=device,
+        kinds=_kinds(kinds),
+        once=once,
+        poll_s=poll,
+        heartbeat_s=heartbeat,
+        stale_after_s=stale_after,
+        threads=threads,
+    )
+    database = open_db(db)
+    interactive = sys.stderr.isatty()
+    console = Console(stderr=True)
+    progress = JobProgress(console) if interactive else None
+    runner = Worker(database, config, observer=progress)
+    restore = runner.install_signal_handlers()
+    try:
+        if progress is not None:
+            with progress:
+                code = runner.run()
+        else:
+            code = runner.run()
+    finally:
+        restore()
+    if interactive:
+        console.print(f"[dim]worker log: {runner.log_path}[/dim]")
+    raise typer.Exit(code)
