@@ -21,11 +21,11 @@ import torch
 
 from engine.arch import Architecture
 from engine.checkpoint import CheckpointError, save_weights
-from engine.config import DataConfig, HyperNetConfig, ScoreConfig
+from engine.config import DataConfig, ScoreConfig
 from engine.cost import architecture_cost
 from engine.data import Dataset, DeviceImages, load_dataset
 from engine.device import autocast_context
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DatasetError
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.network import DerivedNet, build_model
 from engine.params import (
@@ -34,12 +34,12 @@ from engine.params import (
     ScoreParams,
     SearchParams,
     TrainParams,
+    check_batch,
     score_method,
 )
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
 from engine.score import Racer, Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
 from engine.search import Result, ScoreBatch, run_search
-from engine.space import SearchSpace
 from engine.train import build_smash, load_smash, train_hypernet
 
 # Seconds after which buffered scores are handed over even if fewer than commit_every.
@@ -151,47 +151,22 @@ def get_dataset(config: DataConfig) -> Dataset:
     return _datasets[config]
 
 
-def prepare_experiment(
-    space: SearchSpace, data: DataConfig, hypernet: HyperNetConfig, seed: int
-) -> tuple[ExperimentSpec, Dataset]:
-    """Load the data set once to learn its shape and check it can be searched on.
-
-    Called before anything is written, so that a bad data set never leaves an
-    experiment behind.
+def experiment_data(spec: ExperimentSpec) -> Dataset:
+    """The experiment's data set, checked against the shape stored when it was created.
 
     Raises:
-        DatasetError: The data set cannot be loaded.
-        ConfigError: It has no validation images to score architectures on.
+        DatasetError: It cannot be loaded, or it is not the data the experiment was
+            made for (files replaced since: its scores would not be comparable).
     """
-    dataset = get_dataset(data)
-    if len(dataset.val) == 0:
-        raise ConfigError(
-            f"data set {data.dataset} has an empty validation split: "
-            "architectures are scored on it, so set a validation size above 0"
+    data = get_dataset(spec.data)
+    found = (len(data.train), len(data.val), data.num_classes, data.in_channels, data.image_size)
+    stored = (spec.train_images, spec.val_images, spec.num_classes, spec.in_channels, spec.image_size)
+    if any(want is not None and want != got for want, got in zip(stored, found)):
+        raise DatasetError(
+            f"data set {spec.data.dataset} has changed since the experiment was created: "
+            f"(train, val, classes, channels, size) is {found}, was {stored}"
         )
-    spec = ExperimentSpec(
-        space=space,
-        data=data,
-        hypernet=hypernet,
-        seed=seed,
-        num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
-        image_size=dataset.image_size,
-    )
-    return spec, dataset
-
-
-def check_batch_fits(dataset: Dataset, batch_size: int, what: str) -> None:
-    """Refuse a batch size larger than the training split (the loops drop partial batches).
-
-    Raises:
-        ConfigError: Not one full batch fits.
-    """
-    if len(dataset.train) < batch_size:
-        raise ConfigError(
-            f"{what}: the training split has {len(dataset.train)} images, "
-            f"fewer than one batch of {batch_size}"
-        )
+    return data
 
 
 # The jobs ------------------------------------------------------------------------------------
@@ -216,8 +191,8 @@ def run_train(
     Raises:
         DatasetError, ConfigError, CheckpointError, TrainingDiverged: the run cannot go on.
     """
-    data = get_dataset(spec.data)
-    check_batch_fits(data, params.train.batch_size, "HyperNet training")
+    data = experiment_data(spec)
+    check_batch(params.train.batch_size, len(data.train), "HyperNet training")
     # The initial weights follow from the experiment's seed; the caller's RNG is left alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
@@ -268,7 +243,7 @@ def _scorer(
     spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path
 ) -> Scorer:
     net, _ = load_smash(hypernet_path, device)
-    data = get_dataset(spec.data)
+    data = experiment_data(spec)
     if len(data.val) == 0:
         raise ConfigError("the validation split is empty: there is nothing to score on")
     val = DeviceImages(data.val, device, data.mean, data.std)
@@ -396,7 +371,7 @@ def run_retrain_job(
     Raises:
         DatasetError, RetrainError, CheckpointError: the run cannot go on.
     """
-    data = get_dataset(spec.data)
+    data = experiment_data(spec)
 
     def on_epoch(event: RetrainEpoch) -> None:
         values = {
@@ -477,10 +452,9 @@ def smash_initialised_model(
 __all__ = [
     "JobReporter",
     "ScoredArchitecture",
-    "check_batch_fits",
     "describe",
     "get_dataset",
-    "prepare_experiment",
+    "experiment_data",
     "run_retrain_job",
     "run_score_job",
     "run_search_job",

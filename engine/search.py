@@ -151,10 +151,15 @@ def _random(space: SearchSpace, config: SearchConfig, rng: np.random.Generator, 
 def _perturb_top(
     space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
 ) -> list[Architecture]:
-    """Perturbations of the top k, spread round-robin over them."""
-    top = book.best(pool, config.top_k)
+    """Perturbations of the top k, spread round-robin over them.
+
+    The top k is ranked again after every scoring batch, perturbations included, so a
+    perturbation that beats its parent is perturbed in turn: the search climbs from
+    what it finds instead of circling the starting pool.
+    """
     made: list[Architecture] = []
     for first in range(0, config.perturbations, config.batch):
+        top = book.best([*pool, *made], config.top_k)
         count = min(config.batch, config.perturbations - first)
         batch = [perturb(top[(first + i) % len(top)], space, rng, config.perturb_p) for i in range(count)]
         book.score(batch, "perturb")
