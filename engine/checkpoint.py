@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, first_line
 
 FORMAT = 1  # bumped when the layout of every checkpoint changes; loads refuse other values
 _MAX_DETAIL = 160  # characters of a library's error message kept in ours
@@ -163,9 +163,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message, shortened: library messages can be pages long."""
-    lines = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    """The exception's type and the first line of its message, shortened."""
+    text = f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
 

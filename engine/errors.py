@@ -53,10 +53,16 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type name when it has none."""
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message, or its type name when it has none.
+
+    Args:
+        exc: the exception.
+        limit: cut to this many characters (library messages can be pages long).
+    """
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
 
 
 __all__ = [

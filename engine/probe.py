@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import MIN_VALIDATION_IMAGES, DataConfig
-from engine.errors import ConfigError, DatasetError
+from engine.errors import ConfigError, DatasetError, first_line
 
 # The sizes torchvision's data sets always have (train, test, classes, side).
 KNOWN_SETS: dict[str, tuple[int, int, int, int]] = {
@@ -252,7 +252,7 @@ def _npz_members(file: Path) -> dict[str, str]:
         with zipfile.ZipFile(file) as archive:
             return {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
     except (OSError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"cannot read {file}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read {file}: {first_line(exc)}") from None
 
 
 def _npy_header(file: Path, key: str) -> tuple[tuple[int, ...], str]:
@@ -267,7 +267,7 @@ def _npy_header(file: Path, key: str) -> tuple[tuple[int, ...], str]:
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(member)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"cannot read {file}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read {file}: {first_line(exc)}") from None
     return tuple(shape), dtype.str
 
 
@@ -278,7 +278,7 @@ def _npz_array(file: Path, key: str) -> Any:
         with np.load(file, allow_pickle=False) as npz:
             return npz[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"cannot read {file}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read {file}: {first_line(exc)}") from None
 
 
 # --- image folders ----------------------------------------------------------------------
@@ -330,7 +330,7 @@ def _image_header(file: Path) -> tuple[int, int]:
             width, height = image.size
             channels = 1 if image.mode in ("1", "L", "LA", "La", "I", "I;16", "F") else 3
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"cannot read image {file}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read image {file}: {first_line(exc)}") from None
     return channels, min(width, height)
 
 
@@ -341,10 +341,6 @@ def _class_folders(split_dir: Path) -> list[str]:
 def _natural_key(path: Path) -> list[object]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 __all__ = [

@@ -50,7 +50,7 @@ from engine.checkpoint import (
 )
 from engine.config import INIT_RECIPES, RetrainConfig
 from engine.data import Dataset, DeviceImages
-from engine.errors import InvalidRetrainConfig, RetrainError
+from engine.errors import InvalidRetrainConfig, RetrainError, first_line
 from engine.network import DerivedNet, OpModule, build_model
 
 CHECKPOINT_KIND = "retrain"
@@ -536,8 +536,8 @@ def _restore(
             seconds=float(state["seconds"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, CheckpointError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is not a usable retrain checkpoint: {detail[:160]}") from None
+        detail = first_line(exc, 160)
+        raise CheckpointError(f"checkpoint {path} is not a usable retrain checkpoint: {detail}") from None
 
 
 __all__ = [

@@ -38,7 +38,7 @@ from engine.checkpoint import (
 from engine.config import TrainConfig
 from engine.data import Dataset, DeviceImages
 from engine.device import autocast_context, host_sync_allowed
-from engine.errors import TrainingDiverged
+from engine.errors import TrainingDiverged, first_line
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
 from engine.network import SmashNet
@@ -119,7 +119,7 @@ def load_smash(path: str | Path, device: torch.device | str = "cpu") -> tuple[Sm
         net = build_smash(space, state["num_classes"], state["in_channels"], hyper, device)
         net.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not hold a usable SMASH network: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} does not hold a usable SMASH network: {first_line(exc)}") from None
     return net.eval(), state
 
 
@@ -184,7 +184,7 @@ def train_hypernet(
                 step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
                 history = list(state.get("history", []))
             except (KeyError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"cannot resume from {checkpoint_path}: {str(exc).splitlines()[0]}") from None
+                raise CheckpointError(f"cannot resume from {checkpoint_path}: {first_line(exc)}") from None
 
     with host_sync_allowed(device):
         evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) and config.eval_archs else None

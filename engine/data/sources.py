@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from engine.data.core import DatasetError, Split
+from engine.errors import first_line
 from engine.probe import folder_splits, npz_split_files
 
 if TYPE_CHECKING:
@@ -36,11 +37,6 @@ class Source(NamedTuple):
     train: Split
     test: Split
 
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message, for one-line errors."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _natural_key(path: Path) -> list[object]:
@@ -96,7 +92,7 @@ def read_torchvision(kind: str, root: Path, download: bool) -> Source:
         elif isinstance(exc, RuntimeError) and "not found or corrupted" in str(exc):
             problem = "has missing or corrupted files"  # torchvision's own check failed
         else:
-            problem = f"could not be downloaded ({_reason(exc)})"
+            problem = f"could not be downloaded ({first_line(exc)})"
         raise DatasetError(
             f"{_TITLES[kind]} in {root} {problem}; place {cls.filename} "
             f"or the extracted {cls.base_folder}/ in that directory"
@@ -151,7 +147,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"cannot read {path}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read {path}: {first_line(exc)}") from None
 
 
 def _read_npz_files(files: list[Path]) -> tuple[tuple[str, ...] | None, Split]:
@@ -268,7 +264,7 @@ def read_folder(path: Path, image_size: int | None) -> Source:
                         pixels = pixels.resize((width, height), Image.Resampling.BILINEAR)
                     array = np.asarray(pixels)
                 except (OSError, ValueError, SyntaxError) as exc:
-                    raise DatasetError(f"cannot decode {file}: {_reason(exc)}") from None
+                    raise DatasetError(f"cannot decode {file}: {first_line(exc)}") from None
             images[i] = array[None] if mode == "L" else array.transpose(2, 0, 1)
         labels = np.array([label for _, label in files], np.int64)
         return Split.from_arrays(images, labels, str(source))
@@ -294,4 +290,4 @@ def _open_image(file: Path) -> Image.Image:
     try:
         return Image.open(file)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot read image {file}: {_reason(exc)}") from None
+        raise DatasetError(f"cannot read image {file}: {first_line(exc)}") from None
