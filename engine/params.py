@@ -460,54 +460,37 @@ def plan_search(request: SearchRequest) -> SearchPlan:
             f"unknown HyperNet size {request.hypernet!r} (one of {', '.join(HYPERNET_SIZES)})", "hypernet"
         )
     data = _data_config(request)
-    train = _request_config(
-        TrainConfig,
-        "train",
-        epochs=request.epochs,
-        max_steps=request.max_steps,
-        batch_size=request.batch_size,
-        lr=request.lr,
-        checkpoint_every=request.checkpoint_every,
-        eval_archs=request.eval_archs,
-        seed=request.seed,
-    )
-    batch = request.search_batch or (RACING_BATCH if request.racing else SearchConfig.batch)
-    search = _request_config(
-        SearchConfig, "search", strategy=request.strategy, architectures=request.archs, batch=batch, seed=request.seed
-    )
-    score = _request_config(
-        ScoreConfig,
-        "score",
-        images=request.score_images,
-        z_draws=request.z_draws,
-        bn_recalibration_batches=request.bn_recalibration,
-        seed=request.seed,
-    )
-    race = _request_config(RaceConfig, "race", top_k=request.race_top_k)
+    train = _request_config(TrainConfig, "train", request, _TRAIN_FIELDS)
+    search = _request_config(SearchConfig, "search", request, _SEARCH_FIELDS)
+    score = _request_config(ScoreConfig, "score", request, _SCORE_FIELDS)
+    race = _request_config(RaceConfig, "race", request, {"top_k": "race_top_k"})
     check_int(request.commit_every, "commit-every", field="commit_every", low=1)
     params = SearchParams(search=search, score=score, racing=request.racing, race=race, commit_every=request.commit_every)
     return SearchPlan(space, data, HYPERNET_SIZES[request.hypernet], TrainParams(train), params)
 
 
-# Config fields that a search request names otherwise (its option names).
-_REQUEST_NAMES = {
-    "architectures": "archs",
-    "batch": "search_batch",
-    "images": "score_images",
-    "bn_recalibration_batches": "bn_recalibration",
-    "top_k": "race_top_k",
+# Which request field gives each config field (config field -> request field).
+_TRAIN_FIELDS = {
+    name: name for name in ("epochs", "max_steps", "batch_size", "lr", "checkpoint_every", "eval_archs", "seed")
+}
+_SEARCH_FIELDS = {"strategy": "strategy", "architectures": "archs", "batch": "search_batch", "seed": "seed"}
+_SCORE_FIELDS = {
+    "images": "score_images", "z_draws": "z_draws", "bn_recalibration_batches": "bn_recalibration", "seed": "seed"
 }
 
 
-def _request_config(cls: type[_Config], what: str, **values: Any) -> _Config:
+def _request_config(cls: type[_Config], what: str, request: SearchRequest, fields: dict[str, str]) -> _Config:
     """A config built from request fields; an error names the request's option."""
+    values = {key: getattr(request, name) for key, name in fields.items()}
+    if cls is SearchConfig and request.search_batch is None:  # racing needs many candidates at once
+        values["batch"] = RACING_BATCH if request.racing else SearchConfig.batch
     try:
         return config_from_dict(cls, values, what)
     except ConfigError as exc:
         detail = str(exc).split(": ", 1)[-1]
         if exc.field is None:
             raise ConfigError(detail) from None
-        field = _REQUEST_NAMES.get(exc.field, exc.field)
+        field = fields.get(exc.field, exc.field)
         detail = detail.removeprefix(f"{cls.__name__}.{exc.field} ")  # type: ignore[attr-defined]
         raise ConfigError(f"--{field.replace('_', '-')} {detail}", field) from None
 

@@ -83,12 +83,7 @@ def queue_search(db: Database, request: SearchRequest, plan: SearchPlan, shape: 
         data=plan.data,
         hypernet=plan.hypernet,
         seed=request.seed,
-        num_classes=shape.num_classes,
-        in_channels=shape.in_channels,
-        image_size=shape.image_size,
-        train_images=shape.train_images,
-        val_images=shape.val_images,
-        test_images=shape.test_images,
+        **shape.to_dict(),
     )
     with db.session() as session:
         name = request.name

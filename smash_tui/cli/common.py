@@ -262,6 +262,25 @@ def run_foreground(
             fail(f"job {job.id} ({job.kind}) is paused; `smash resume {job.id}` queues it again")
 
 
+def hand_over(
+    db: Database, job_ids: Sequence[int], *, detach_: bool, device: str, threads: int | None, console: Console
+) -> int | None:
+    """Leave queued jobs to a background worker (``--detach``) or run them here until they end.
+
+    Returns:
+        The pid of a worker launched for them, or None.
+    """
+    if detach_:
+        return detach(db, device=device, threads=threads, console=console)
+    run_foreground(db, job_ids, device=device, threads=threads, console=console)
+    return None
+
+
+DetachOption = Annotated[
+    bool, typer.Option("--detach", help="Queue the job(s) for a background worker and return at once.")
+]
+
+
 def detach(db: Database, *, device: str, threads: int | None, console: Console) -> int | None:
     """Make sure a background worker will run the queued jobs; returns a launched pid.
 

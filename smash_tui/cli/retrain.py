@@ -17,17 +17,17 @@ from engine.params import config_from_dict, parse_id, plan_retrain
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
+    DetachOption,
     DeviceOption,
     ExperimentOption,
     JsonOption,
     ThreadsOption,
     check_device,
     command,
-    detach,
     fail,
+    hand_over,
     open_db,
     resolve_experiment,
-    run_foreground,
     stderr,
     stdout,
 )
@@ -48,9 +48,7 @@ def retrain(
     batch_size: Annotated[int, typer.Option(help="Images per SGD step.")] = RETRAIN.batch_size,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = RETRAIN.lr,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and batch order.")] = RETRAIN.seed,
-    detach_: Annotated[
-        bool, typer.Option("--detach", help="Queue the job for a background worker and return at once.")
-    ] = False,
+    detach_: DetachOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     json_: JsonOption = False,
@@ -67,11 +65,7 @@ def retrain(
         session.commit()
     err = stderr()
     err.print(f"queued a retrain of architecture {architecture_id} for {plural(epochs, 'epoch')} (job {job_id})")
-    pid = None
-    if detach_:
-        pid = detach(database, device=device, threads=threads, console=err)
-    else:
-        run_foreground(database, [job_id], device=device, threads=threads, console=err)
+    pid = hand_over(database, [job_id], detach_=detach_, device=device, threads=threads, console=err)
     with database.session() as session:
         result = session.scalars(select(Retrain).where(Retrain.job_id == job_id)).first()
     if json_:
@@ -117,9 +111,7 @@ def score(
         int | None, typer.Option(help="Validation images per score [default: all].")
     ] = SCORE.images,
     seed: Annotated[int, typer.Option(help="Seed of the z draws and recalibration batches.")] = SCORE.seed,
-    detach_: Annotated[
-        bool, typer.Option("--detach", help="Queue the job for a background worker and return at once.")
-    ] = False,
+    detach_: DetachOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     json_: JsonOption = False,
@@ -150,11 +142,7 @@ def score(
         session.commit()
     err = stderr()
     err.print(f"queued a scoring of {plural(len(ids), 'architecture')} (job {job_id})")
-    pid = None
-    if detach_:
-        pid = detach(database, device=device, threads=threads, console=err)
-    else:
-        run_foreground(database, [job_id], device=device, threads=threads, console=err)
+    pid = hand_over(database, [job_id], detach_=detach_, device=device, threads=threads, console=err)
     with database.session() as session:
         rows = architecture_rows(session, ids)
     if json_:

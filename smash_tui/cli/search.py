@@ -33,13 +33,14 @@ from engine.space import PRESETS
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
+    DetachOption,
     DeviceOption,
     JsonOption,
     ThreadsOption,
     check_device,
     command,
-    detach,
     fail,
+    hand_over,
     open_db,
     run_foreground,
     stderr,
@@ -52,6 +53,19 @@ from storage.models import Retrain
 from storage.queries import list_architectures
 
 DEFAULT = SearchRequest()
+
+# Options `search` and `demo` share (each with its own default).
+EpochsOption = Annotated[int, typer.Option(help="HyperNet training epochs.")]
+MaxStepsOption = Annotated[int | None, typer.Option(help="Stop HyperNet training after this many steps.")]
+BatchSizeOption = Annotated[int, typer.Option(help="HyperNet training batch size.")]
+CheckpointEveryOption = Annotated[int, typer.Option(help="HyperNet steps between checkpoints.")]
+EvalArchsOption = Annotated[int, typer.Option(help="Random architectures validated at each HyperNet epoch end.")]
+ScoreImagesOption = Annotated[int | None, typer.Option(help="Validation images per score [default: all].")]
+SyntheticTrainOption = Annotated[int, typer.Option(help="Synthetic training images (synthetic data set only).")]
+SyntheticTestOption = Annotated[int, typer.Option(help="Synthetic test images (synthetic data set only).")]
+ArchsOption = Annotated[int, typer.Option(help="Architectures to score (the search budget).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the whole experiment.")]
+CommitEveryOption = Annotated[int, typer.Option(help="Scored architectures per database commit.", hidden=True)]
 
 
 def dataset_shape(request: SearchRequest) -> DataShape:
@@ -95,19 +109,13 @@ def search(
     hypernet: Annotated[
         str, typer.Option(help=f"HyperNet capacity: {', '.join(HYPERNET_SIZES)}.")
     ] = DEFAULT.hypernet,
-    epochs: Annotated[int, typer.Option(help="HyperNet training epochs.")] = DEFAULT.epochs,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop HyperNet training after this many steps.")
-    ] = DEFAULT.max_steps,
-    batch_size: Annotated[int, typer.Option(help="HyperNet training batch size.")] = DEFAULT.batch_size,
+    epochs: EpochsOption = DEFAULT.epochs,
+    max_steps: MaxStepsOption = DEFAULT.max_steps,
+    batch_size: BatchSizeOption = DEFAULT.batch_size,
     lr: Annotated[float, typer.Option(help="HyperNet Adam learning rate.")] = DEFAULT.lr,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="HyperNet steps between checkpoints.")
-    ] = DEFAULT.checkpoint_every,
-    eval_archs: Annotated[
-        int, typer.Option(help="Random architectures validated at each HyperNet epoch end.")
-    ] = DEFAULT.eval_archs,
-    archs: Annotated[int, typer.Option(help="Architectures to score (the search budget).")] = DEFAULT.archs,
+    checkpoint_every: CheckpointEveryOption = DEFAULT.checkpoint_every,
+    eval_archs: EvalArchsOption = DEFAULT.eval_archs,
+    archs: ArchsOption = DEFAULT.archs,
     strategy: Annotated[
         str, typer.Option(help=f"Search strategy: {', '.join(STRATEGIES)} (staged: random, perturb, Markov).")
     ] = DEFAULT.strategy,
@@ -118,38 +126,28 @@ def search(
     search_batch: Annotated[
         int | None, typer.Option(help="Candidates scored together [default: 16, 64 racing].")
     ] = DEFAULT.search_batch,
-    score_images: Annotated[
-        int | None, typer.Option(help="Validation images per score [default: all].")
-    ] = DEFAULT.score_images,
+    score_images: ScoreImagesOption = DEFAULT.score_images,
     z_draws: Annotated[int, typer.Option(help="Random z draws averaged per score.")] = DEFAULT.z_draws,
     bn_recalibration: Annotated[
         int, typer.Option(help="BN recalibration batches per score, 0: off.")
     ] = DEFAULT.bn_recalibration,
-    commit_every: Annotated[
-        int, typer.Option(help="Scored architectures per database commit.", hidden=True)
-    ] = DEFAULT.commit_every,
-    seed: Annotated[int, typer.Option(help="Seed of the whole experiment.")] = DEFAULT.seed,
+    commit_every: CommitEveryOption = DEFAULT.commit_every,
+    seed: SeedOption = DEFAULT.seed,
     name: Annotated[
         str | None, typer.Option(help="Experiment name [default: data set, preset and time].")
     ] = DEFAULT.name,
     val_size: Annotated[
         float | None, typer.Option(help="Validation split carved from train: a fraction or a count.")
     ] = DEFAULT.val_size,
-    synthetic_train: Annotated[
-        int, typer.Option(help="Synthetic training images (synthetic data set only).")
-    ] = DEFAULT.synthetic_train,
-    synthetic_test: Annotated[
-        int, typer.Option(help="Synthetic test images (synthetic data set only).")
-    ] = DEFAULT.synthetic_test,
+    synthetic_train: SyntheticTrainOption = DEFAULT.synthetic_train,
+    synthetic_test: SyntheticTestOption = DEFAULT.synthetic_test,
     image_size: Annotated[
         int | None, typer.Option(help="Resize images to this square side.")
     ] = DEFAULT.image_size,
     data_root: Annotated[
         str | None, typer.Option(help="Download folder of torchvision data sets.")
     ] = DEFAULT.data_root,
-    detach_: Annotated[
-        bool, typer.Option("--detach", help="Queue the jobs for a background worker and return at once.")
-    ] = False,
+    detach_: DetachOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,
     json_: JsonOption = False,
@@ -168,12 +166,9 @@ def search(
         f"experiment {created.experiment_id} ({created.name}): queued HyperNet training "
         f"(job {created.train_job_id}) and search (job {created.search_job_id})"
     )
-    pid = None
+    pid = hand_over(database, created.job_ids, detach_=detach_, device=device, threads=threads, console=err)
     if detach_:
-        pid = detach(database, device=device, threads=threads, console=err)
         err.print("follow with `smash jobs`; browse with `smash ls`")
-    else:
-        run_foreground(database, created.job_ids, device=device, threads=threads, console=err)
     if json_:
         typer.echo(
             json.dumps(
@@ -192,40 +187,28 @@ def search(
 
 @command
 def demo(
-    epochs: Annotated[int, typer.Option(help="HyperNet training epochs.")] = DEMO_SEARCH.epochs,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop HyperNet training after this many steps.")
-    ] = DEMO_SEARCH.max_steps,
+    epochs: EpochsOption = DEMO_SEARCH.epochs,
+    max_steps: MaxStepsOption = DEMO_SEARCH.max_steps,
     lr: Annotated[
         float, typer.Option(help="HyperNet Adam learning rate (above the paper's 1e-3: the demo's run is short).")
     ] = DEMO_SEARCH.lr,
-    archs: Annotated[int, typer.Option(help="Architectures to score.")] = DEMO_SEARCH.archs,
+    archs: ArchsOption = DEMO_SEARCH.archs,
     retrain_epochs: Annotated[int, typer.Option(help="Epochs to retrain the best one.")] = DEMO_RETRAIN.epochs,
     top: Annotated[int, typer.Option(help="Rows of the final table.")] = DEMO_TOP,
-    batch_size: Annotated[int, typer.Option(help="HyperNet training batch size.")] = DEMO_SEARCH.batch_size,
+    batch_size: BatchSizeOption = DEMO_SEARCH.batch_size,
     retrain_batch_size: Annotated[
         int, typer.Option(help="Retraining batch size.")
     ] = DEMO_RETRAIN.batch_size,
-    synthetic_train: Annotated[
-        int, typer.Option(help="Synthetic training images.")
-    ] = DEMO_SEARCH.synthetic_train,
-    synthetic_test: Annotated[int, typer.Option(help="Synthetic test images.")] = DEMO_SEARCH.synthetic_test,
+    synthetic_train: SyntheticTrainOption = DEMO_SEARCH.synthetic_train,
+    synthetic_test: SyntheticTestOption = DEMO_SEARCH.synthetic_test,
     val_size: Annotated[
         float | None, typer.Option(help="Validation split: a fraction or a count [default: 10%].")
     ] = DEMO_SEARCH.val_size,
-    score_images: Annotated[
-        int | None, typer.Option(help="Validation images per score [default: all].")
-    ] = DEMO_SEARCH.score_images,
-    eval_archs: Annotated[
-        int, typer.Option(help="Random architectures validated at each HyperNet epoch end.")
-    ] = DEMO_SEARCH.eval_archs,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="HyperNet steps between checkpoints.")
-    ] = DEMO_SEARCH.checkpoint_every,
-    commit_every: Annotated[
-        int, typer.Option(help="Scored architectures per database commit.", hidden=True)
-    ] = DEMO_SEARCH.commit_every,
-    seed: Annotated[int, typer.Option(help="Seed of the whole run.")] = DEMO_SEARCH.seed,
+    score_images: ScoreImagesOption = DEMO_SEARCH.score_images,
+    eval_archs: EvalArchsOption = DEMO_SEARCH.eval_archs,
+    checkpoint_every: CheckpointEveryOption = DEMO_SEARCH.checkpoint_every,
+    commit_every: CommitEveryOption = DEMO_SEARCH.commit_every,
+    seed: SeedOption = DEMO_SEARCH.seed,
     name: Annotated[str | None, typer.Option(help="Experiment name [default: demo-<time>].")] = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,

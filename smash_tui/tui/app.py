@@ -71,6 +71,8 @@ def screen_class(mode: str) -> type[SmashScreen]:
 
 Launcher = Callable[["Database"], Launched]
 Runner = Callable[[Sequence[str], str], str]
+# Queues what a dialog's settings ask for (in a thread) and says what it queued.
+Queuer = Callable[["Store", int, object], str]
 
 
 class SmashApp(App[None]):
@@ -276,42 +278,18 @@ class SmashApp(App[None]):
             architecture_ids: What to retrain.
             on_queued: Called on the event loop once the jobs are in the database.
         """
-        store, experiment_id = self.store, self.experiment_id
-        if store is None or experiment_id is None:
-            return
-
-        def answered(settings: object) -> None:
-            if isinstance(settings, RetrainSettings):
-                self._queue_retrains(store, experiment_id, architecture_ids, settings, on_queued)
-
         from smash_tui.tui.dialogs import RetrainDialog
 
-        self.push_screen(RetrainDialog(architecture_ids, RETRAIN_DEFAULTS), answered)
-
-    @work(thread=True, group="actions", exit_on_error=False)
-    def _queue_retrains(
-        self,
-        store: Store,
-        experiment_id: int,
-        architecture_ids: list[int],
-        settings: RetrainSettings,
-        on_queued: Callable[[], None] | None,
-    ) -> None:
-        try:
+        def queue(store: Store, experiment_id: int, settings: object) -> str:
+            assert isinstance(settings, RetrainSettings)
             jobs = store.queue_retrains(experiment_id, architecture_ids, settings)
-        except Exception as exc:
-            self.post_message(ActionFailed(f"nothing queued: {exc}"))
-            return
-        what = f"job {jobs[0]}" if len(jobs) == 1 else f"jobs {jobs[0]}-{jobs[-1]}"
-        self.post_message(
-            ActionDone(
+            what = f"job {jobs[0]}" if len(jobs) == 1 else f"jobs {jobs[0]}-{jobs[-1]}"
+            return (
                 f"queued {len(jobs)} retrain{'s' if len(jobs) != 1 else ''} "
                 f"({settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}): {what}"
             )
-        )
-        self._ensure_worker(store)
-        if on_queued is not None:
-            self.call_from_thread(on_queued)
+
+        self._ask_and_queue(RetrainDialog(architecture_ids, RETRAIN_DEFAULTS), queue, on_queued)
 
     def ask_rescore(self, architecture_ids: list[int], *, on_queued: Callable[[], None] | None = None) -> None:
         """Open the score-again dialog and queue one score job on confirm (`smash score`).
@@ -320,36 +298,45 @@ class SmashApp(App[None]):
             architecture_ids: What to score again.
             on_queued: Called on the event loop once the job is in the database.
         """
+        from smash_tui.tui.dialogs import ScoreDialog
+
+        def queue(store: Store, experiment_id: int, settings: object) -> str:
+            assert isinstance(settings, ScoreSettings)
+            job = store.queue_score(experiment_id, architecture_ids, settings)
+            count = len(architecture_ids)
+            return f"queued job {job}: score {count} architecture{'s' if count != 1 else ''} again"
+
+        self._ask_and_queue(ScoreDialog(architecture_ids, SCORE_DEFAULTS), queue, on_queued)
+
+    def _ask_and_queue(
+        self, dialog: Screen[Any], queue: Queuer, on_queued: Callable[[], None] | None
+    ) -> None:
+        """Show a settings dialog; on confirm, queue in a thread, say what was queued, start a worker."""
         store, experiment_id = self.store, self.experiment_id
         if store is None or experiment_id is None:
             return
 
         def answered(settings: object) -> None:
-            if isinstance(settings, ScoreSettings):
-                self._queue_score(store, experiment_id, architecture_ids, settings, on_queued)
+            if settings is not None:
+                self._queue(store, experiment_id, settings, queue, on_queued)
 
-        from smash_tui.tui.dialogs import ScoreDialog
-
-        self.push_screen(ScoreDialog(architecture_ids, SCORE_DEFAULTS), answered)
+        self.push_screen(dialog, answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _queue_score(
+    def _queue(
         self,
         store: Store,
         experiment_id: int,
-        architecture_ids: list[int],
-        settings: ScoreSettings,
+        settings: object,
+        queue: Queuer,
         on_queued: Callable[[], None] | None,
     ) -> None:
         try:
-            job = store.queue_score(experiment_id, architecture_ids, settings)
+            done = queue(store, experiment_id, settings)
         except Exception as exc:
             self.post_message(ActionFailed(f"nothing queued: {exc}"))
             return
-        count = len(architecture_ids)
-        self.post_message(
-            ActionDone(f"queued job {job}: score {count} architecture{'s' if count != 1 else ''} again")
-        )
+        self.post_message(ActionDone(done))
         self._ensure_worker(store)
         if on_queued is not None:
             self.call_from_thread(on_queued)

@@ -628,14 +628,19 @@ class ArchitecturesScreen(SmashScreen):
                 grid.update_row(str(row.id), row_cells(row, False))
         self._show_status()
 
-    def action_retrain(self) -> None:
-        """Retrain the marked rows, or the highlighted one."""
+    def _chosen(self, action: str) -> list[int]:
+        """The marked rows, else the highlighted one; says so when there is neither."""
         current = self._current()
         ids = sorted(self.marks) if self.marks else ([current.id] if current else [])
         if not ids:
-            self.notify("nothing to retrain: no architecture selected", severity="warning")
-            return
-        self.smash.ask_retrain(ids, on_queued=self._after_retrain)
+            self.notify(f"nothing to {action}: no architecture selected", severity="warning")
+        return ids
+
+    def action_retrain(self) -> None:
+        """Retrain the marked rows, or the highlighted one."""
+        ids = self._chosen("retrain")
+        if ids:
+            self.smash.ask_retrain(ids, on_queued=self._after_retrain)
 
     def _after_retrain(self) -> None:
         self.action_unmark()
@@ -644,12 +649,9 @@ class ArchitecturesScreen(SmashScreen):
 
     def action_rescore(self) -> None:
         """Score the marked rows, or the highlighted one, again against the newest checkpoint."""
-        current = self._current()
-        ids = sorted(self.marks) if self.marks else ([current.id] if current else [])
-        if not ids:
-            self.notify("nothing to score: no architecture selected", severity="warning")
-            return
-        self.smash.ask_rescore(ids, on_queued=self.action_unmark)
+        ids = self._chosen("score")
+        if ids:
+            self.smash.ask_rescore(ids, on_queued=self.action_unmark)
 
     def action_export(self) -> None:
         """Export the highlighted architecture (as `smash export`)."""

@@ -6,7 +6,7 @@ field, and keep the dialog open; nothing is queued until every field is valid.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from rich.text import Text
@@ -143,7 +143,54 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class RetrainDialog(FormDialog):
+class SettingsDialog(FormDialog):
+    """A few settings for the marked architectures, each a text field, checked on submit.
+
+    Args:
+        title: What confirming will do.
+        fields: (label, widget id, first value, placeholder) per field.
+        parse: Reads the fields' texts, in order, into settings; FormError names a bad field.
+    """
+
+    def __init__(
+        self,
+        title: str,
+        fields: list[tuple[str, str, str, str]],
+        parse: Callable[..., object],
+    ) -> None:
+        super().__init__()
+        self.title_text = title
+        self.fields = fields
+        self.parse = parse
+
+    def compose(self) -> ComposeResult:
+        with self.body():
+            yield Static(self.title_text, classes="dialog-title")
+            with Grid(classes="form"):
+                for label, ident, value, placeholder in self.fields:
+                    yield Label(label)
+                    yield Input(value, id=ident, placeholder=placeholder, compact=self.compact)
+            yield Static("", classes="form-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Queue", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def submit(self) -> None:
+        try:
+            settings = self.parse(*(self.query_one(f"#{ident}", Input).value for _, ident, _, _ in self.fields))
+        except FormError as error:
+            self.show_error(error)
+            return
+        self.dismiss(settings)
+
+
+def _what(ids: list[int]) -> str:
+    if len(ids) == 1:
+        return f"architecture {ids[0]}"
+    return f"{len(ids)} architectures ({', '.join(map(str, ids[:6]))}{'…' if len(ids) > 6 else ''})"
+
+
+class RetrainDialog(SettingsDialog):
     """Ask for the retrain settings of one or more architectures.
 
     Args:
@@ -154,46 +201,16 @@ class RetrainDialog(FormDialog):
     DEFAULT_CSS = DIALOG_CSS.format(name="RetrainDialog")
 
     def __init__(self, architecture_ids: list[int], defaults: RetrainSettings) -> None:
-        super().__init__()
+        fields = [
+            ("epochs", "epochs", str(defaults.epochs), ""),
+            ("batch size", "batch-size", str(defaults.batch_size), ""),
+            ("learning rate", "lr", f"{defaults.lr:g}", ""),
+        ]
+        super().__init__(f"Retrain {_what(architecture_ids)} from scratch", fields, parse_retrain)
         self.architecture_ids = architecture_ids
-        self.defaults = defaults
-
-    def compose(self) -> ComposeResult:
-        ids = self.architecture_ids
-        what = (
-            f"architecture {ids[0]}"
-            if len(ids) == 1
-            else f"{len(ids)} architectures ({', '.join(map(str, ids[:6]))}{'…' if len(ids) > 6 else ''})"
-        )
-        compact = self.compact
-        with self.body():
-            yield Static(f"Retrain {what} from scratch", classes="dialog-title")
-            with Grid(classes="form"):
-                yield Label("epochs")
-                yield Input(str(self.defaults.epochs), id="epochs", compact=compact)
-                yield Label("batch size")
-                yield Input(str(self.defaults.batch_size), id="batch-size", compact=compact)
-                yield Label("learning rate")
-                yield Input(f"{self.defaults.lr:g}", id="lr", compact=compact)
-            yield Static("", classes="form-error")
-            with Horizontal(classes="buttons"):
-                yield Button("Queue", variant="primary", id="ok")
-                yield Button("Cancel", id="cancel")
-
-    def submit(self) -> None:
-        try:
-            settings = parse_retrain(
-                self.query_one("#epochs", Input).value,
-                self.query_one("#batch-size", Input).value,
-                self.query_one("#lr", Input).value,
-            )
-        except FormError as error:
-            self.show_error(error)
-            return
-        self.dismiss(settings)
 
 
-class ScoreDialog(FormDialog):
+class ScoreDialog(SettingsDialog):
     """Ask how to score architectures again against the experiment's newest HyperNet.
 
     Args:
@@ -204,40 +221,15 @@ class ScoreDialog(FormDialog):
     DEFAULT_CSS = DIALOG_CSS.format(name="ScoreDialog")
 
     def __init__(self, architecture_ids: list[int], defaults: ScoreSettings) -> None:
-        super().__init__()
+        images = "" if defaults.images is None else str(defaults.images)
+        fields = [
+            ("z draws", "z-draws", str(defaults.z_draws), ""),
+            ("BN recalibration", "bn-recalibration", str(defaults.bn_recalibration), ""),
+            ("images", "images", images, "all"),
+        ]
+        title = f"Score {_what(architecture_ids)} again (newest HyperNet checkpoint)"
+        super().__init__(title, fields, parse_score)
         self.architecture_ids = architecture_ids
-        self.defaults = defaults
-
-    def compose(self) -> ComposeResult:
-        ids = self.architecture_ids
-        what = f"architecture {ids[0]}" if len(ids) == 1 else f"{len(ids)} architectures"
-        compact = self.compact
-        with self.body():
-            yield Static(f"Score {what} again (newest HyperNet checkpoint)", classes="dialog-title")
-            with Grid(classes="form"):
-                yield Label("z draws")
-                yield Input(str(self.defaults.z_draws), id="z-draws", compact=compact)
-                yield Label("BN recalibration")
-                yield Input(str(self.defaults.bn_recalibration), id="bn-recalibration", compact=compact)
-                yield Label("images")
-                shown = "" if self.defaults.images is None else str(self.defaults.images)
-                yield Input(shown, id="images", placeholder="all", compact=compact)
-            yield Static("", classes="form-error")
-            with Horizontal(classes="buttons"):
-                yield Button("Queue", variant="primary", id="ok")
-                yield Button("Cancel", id="cancel")
-
-    def submit(self) -> None:
-        try:
-            settings = parse_score(
-                self.query_one("#z-draws", Input).value,
-                self.query_one("#bn-recalibration", Input).value,
-                self.query_one("#images", Input).value,
-            )
-        except FormError as error:
-            self.show_error(error)
-            return
-        self.dismiss(settings)
 
 
 class NewSearchDialog(FormDialog):

@@ -7,6 +7,7 @@ cannot disagree on what a setting may be. All of it is torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,15 +175,9 @@ class SearchSettings:
         return args
 
 
-_DEFAULT_SEARCH = SearchRequest()
+# The form asks for a few of `smash search`'s settings, with its defaults.
 SEARCH_DEFAULTS = SearchSettings(
-    dataset=_DEFAULT_SEARCH.dataset,
-    preset=_DEFAULT_SEARCH.preset,
-    epochs=_DEFAULT_SEARCH.epochs,
-    archs=_DEFAULT_SEARCH.archs,
-    strategy=_DEFAULT_SEARCH.strategy,
-    name=_DEFAULT_SEARCH.name,
-    seed=_DEFAULT_SEARCH.seed,
+    **{field.name: getattr(SearchRequest(), field.name) for field in dataclasses.fields(SearchSettings)}
 )
 
 
