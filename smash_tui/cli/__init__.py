@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from smash_tui import __version__
-from smash_tui.cli import browse, jobs, retrain, search, system, worker
+from smash_tui.cli import browse, export, jobs, retrain, search, system, worker
 
 
 class _OneLineErrors(TyperGroup):
@@ -98,7 +98,7 @@ app.command(rich_help_panel="Run")(worker.worker)
 app.command(rich_help_panel="Browse")(browse.experiments)
 app.command(rich_help_panel="Browse")(browse.ls)
 app.command(rich_help_panel="Browse")(browse.show)
-app.command(rich_help_panel="Browse")(browse.export)
+app.command(rich_help_panel="Browse")(export.export)
 app.command(rich_help_panel="Jobs")(jobs.jobs)
 app.command(rich_help_panel="Jobs")(jobs.pause)
 app.command(rich_help_panel="Jobs")(jobs.resume)

@@ -189,10 +189,11 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
         assert sorted(p.name for p in folder.iterdir()) == [
             "architecture.json",
             "load_model.py",
+            "model.json",
             "weights.pt",
         ]
-    assert "retrained from scratch for 1 epoch" in (trained_dir / "load_model.py").read_text()
-    assert "NOT trained on their own" in (generated_dir / "load_model.py").read_text()
+    assert "retrained from scratch for 1 epoch" in json.loads((trained_dir / "model.json").read_text())["weights"]
+    assert "NOT trained on their own" in json.loads((generated_dir / "model.json").read_text())["weights"]
 
     # One fresh process, as a user would run the snippet, for both exports.
     done = subprocess.run(
