@@ -175,6 +175,7 @@ BROWSE_COLUMNS: Final = (
     "depth",
     "num_ops",
     "best_test_acc",
+    "bench_acc",
 )
 
 
@@ -208,7 +209,8 @@ class Architecture(Base):
     """A sampled architecture with denormalised columns for fast browsing.
 
     ``latest_error``, ``latest_loss``, ``latest_partial``, ``best_test_acc`` and
-    ``retrain_state`` are kept up to date by ``storage.records`` so that a sorted, filtered page
+    ``retrain_state`` are kept up to date (``bench_acc`` is written once, with the
+    architecture) by ``storage.records`` so that a sorted, filtered page
     is one scan of a browse index (see ``browse_index_columns``). ``spec`` is
     the last column on purpose: it is the only large value, and SQLite reads a
     row's columns in order.
@@ -238,6 +240,10 @@ class Architecture(Base):
     # dropped the candidate early); None while unscored.
     latest_partial: Mapped[bool | None] = mapped_column(Boolean)
     best_test_acc: Mapped[float | None] = mapped_column(Float)
+    # A published benchmark's accuracy of this architecture (e.g. NAS-Bench-201's
+    # 200-epoch CIFAR-10 test accuracy), a truth beside retrained accuracy, never mixed
+    # with it; None when the experiment has no benchmark table or the table lacks it.
+    bench_acc: Mapped[float | None] = mapped_column(Float)
     retrain_state: Mapped[str | None] = mapped_column(String)
     spec: Mapped[str] = mapped_column(Text)
 

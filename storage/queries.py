@@ -4,7 +4,8 @@ A filter is whitespace-separated terms, all of which must hold::
 
     err<35%  params<=1.5M  flops>300k  acc>=90  id!=17
 
-Fields: id, err, loss, params, flops, depth, ops, acc. Numbers take the
+Fields: id, err, loss, params, flops, depth, ops, acc, bench (a published benchmark's
+accuracy, where the experiment has a benchmark table). Numbers take the
 suffixes k (1e3), M (1e6), G (1e9) or an exponent (2e6); ``%`` is allowed on
 err and acc, which are percentages anyway. Rows without a value for a field
 (never scored, never retrained) match no term on that field.
@@ -50,10 +51,11 @@ COLUMNS: Final[dict[str, InstrumentedAttribute[Any]]] = {
     "depth": Architecture.depth,
     "ops": Architecture.num_ops,
     "acc": Architecture.best_test_acc,
+    "bench": Architecture.bench_acc,
 }
 FIELDS: Final = tuple(COLUMNS)
 OPS: Final = ("<", "<=", ">", ">=", "=", "!=")
-PERCENT_FIELDS: Final = ("err", "acc")
+PERCENT_FIELDS: Final = ("err", "acc", "bench")
 SUFFIXES: Final = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "%": 1.0}
 
 # Longest operators first, so "<=" is not read as "<" followed by "=".
@@ -120,7 +122,7 @@ def _parse_term(term: str) -> Term:
         raise FilterError(f"bad number {number!r} in {term!r} ({_EXAMPLES})")
     suffix = parsed.group(2).lower()
     if suffix == "%" and field not in PERCENT_FIELDS:
-        raise FilterError(f"'%' only applies to {' and '.join(PERCENT_FIELDS)}, not in {term!r}")
+        raise FilterError(f"'%' only applies to {', '.join(PERCENT_FIELDS)}, not in {term!r}")
     return Term(field, op, float(parsed.group(1)) * SUFFIXES[suffix])
 
 
@@ -172,6 +174,7 @@ class ArchitectureRow:
     # err was measured on part of the validation images: racing dropped the candidate
     # early (its error is on other, fewer images than complete scores); None if unscored
     partial: bool | None = None
+    bench: float | None = None  # a published benchmark's accuracy, percent; None without one
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ _ROW_COLUMNS = (
     Architecture.retrain_state,
     Architecture.source,
     Architecture.latest_partial,
+    Architecture.bench_acc,
 )
 
 

@@ -53,6 +53,7 @@ class ArchitectureIn:
     depth: int  # number of layers on the longest path
     num_ops: int  # number of operations in the graph
     source: str = "random"  # how it was found: random, perturb, evolution, manual...
+    bench_acc: float | None = None  # a published benchmark's accuracy of it (percent), if any
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ def add_architectures(
                 "depth": int(row.depth),
                 "num_ops": int(row.num_ops),
                 "source": row.source,
+                "bench_acc": _finite(row.bench_acc),
                 "created_at": now,
             }
         )

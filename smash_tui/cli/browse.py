@@ -68,7 +68,7 @@ def ls(
     sort: Annotated[
         str,
         typer.Option(
-            help="Sort field (id, err, loss, params, flops, depth, ops, acc); '-' prefix descends."
+            help="Sort field (id, err, loss, params, flops, depth, ops, acc, bench); '-' prefix descends."
         ),
     ] = "err",
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,

@@ -253,23 +253,15 @@ def row_dict(row: ArchitectureRow) -> dict[str, Any]:
 
 
 def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Table:
-    """The ``smash ls`` table."""
+    """The ``smash ls`` table; a ``bench %`` column where a benchmark table gave truths."""
     table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left")
-    for name in (
-        "id",
-        "err %",
-        "loss",
-        "params",
-        "FLOPs",
-        "depth",
-        "ops",
-        "acc %",
-        "retrain",
-        "source",
-    ):
+    bench = any(row.bench is not None for row in rows)
+    names = ["id", "err %", "loss", "params", "FLOPs", "depth", "ops", "acc %"]
+    names += ["bench %"] if bench else []
+    for name in [*names, "retrain", "source"]:
         table.add_column(name, justify="left" if name in ("retrain", "source") else "right")
     for row in rows:
-        table.add_row(
+        cells = [
             str(row.id),
             percent(row.err) + ("*" if row.partial else ""),
             percent(row.loss, 3),
@@ -278,12 +270,17 @@ def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Tab
             str(row.depth),
             str(row.ops),
             percent(row.acc),
-            row.retrain_state or "-",
-            row.source,
-        )
+        ]
+        cells += [percent(row.bench)] if bench else []
+        table.add_row(*cells, row.retrain_state or "-", row.source)
+    captions = []
     if any(row.partial for row in rows):
         # Sorted by error, these follow every complete score (storage.queries).
-        table.caption = "* partial: racing dropped it after part of the validation images"
+        captions.append("* partial: racing dropped it after part of the validation images")
+    if bench:
+        captions.append("bench: the benchmark table's accuracy (not retrained here)")
+    if captions:
+        table.caption = "; ".join(captions)
         table.caption_justify = "left"
     return table
 

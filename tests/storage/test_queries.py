@@ -64,7 +64,7 @@ def test_parse_filter_accepts(text: str, terms: tuple[Term, ...]) -> None:
     [
         (
             "siez<3",
-            "unknown field 'siez' in 'siez<3' (fields: id, err, loss, params, flops, depth, ops, acc)",
+            "unknown field 'siez' in 'siez<3' (fields: id, err, loss, params, flops, depth, ops, acc, bench)",
         ),
         ("err", "expected <field><op><number> in 'err', e.g. err<30"),
         ("err40", "expected <field><op><number> in 'err40'"),
@@ -72,7 +72,7 @@ def test_parse_filter_accepts(text: str, terms: tuple[Term, ...]) -> None:
         ("err<", "missing number after '<' in 'err<'"),
         ("params<two", "bad number 'two' in 'params<two' (e.g. 2e6, 1.5M, 300k, 35%)"),
         ("params<2T", "bad number '2T' in 'params<2T'"),
-        ("params<3%", "'%' only applies to err and acc, not in 'params<3%'"),
+        ("params<3%", "'%' only applies to err, acc, bench, not in 'params<3%'"),
         ("err<<3", "one operator per term in 'err<<3'"),
         ("err=>3", "one operator per term in 'err=>3'"),
         ("err<40 params<abc", "bad number 'abc' in 'params<abc'"),
