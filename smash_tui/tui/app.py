@@ -363,7 +363,8 @@ class SmashApp(App[None]):
     @work(thread=True, group="actions", exit_on_error=False)
     def _export(self, store: Store, architecture_id: int, folder: str) -> None:
         try:
-            output = self.runner(["export", str(architecture_id), folder], store.db.url)
+            # "--" ends the options: a folder named like one ("--help", "-x") stays a folder.
+            output = self.runner(["export", "--", str(architecture_id), folder], store.db.url)
         except Exception as exc:
             self.post_message(
                 ActionFailed(f"export of architecture {architecture_id} failed: {exc}")
