@@ -141,6 +141,10 @@ async def test_the_pareto_chart_survives_resizing_back_and_forth(
         await pilot.press("ctrl+r")
         await settle(pilot)
         assert chart_marks(chart)[0] > 0, "the chart is blank after ctrl+r"
+        # A theme change redraws the plot too.
+        await pilot.press("t")
+        await settle(pilot)
+        assert chart_marks(chart)[0] > 0, "the chart is blank after a theme change"
 
 
 def _tables(shown: dict[str, Any]) -> dict[str, Any]:
