@@ -6,20 +6,26 @@ search --detach``) for anything that needs torch, which it never imports.
 SQLAlchemy itself is imported after the first paint, in the worker that
 opens the database, so the window appears at once.
 
-Entry point: ``run_app(db_url)``.
+Entry point: ``run_app(db_url)``. An error nothing in the app handles ends it:
+its traceback goes to ``tui-crash.log`` in the database's logs folder (or the
+smash data folder), and ``run_app`` raises ``AppCrashed``, which names it and
+the log, once the terminal is restored.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from rich.console import Console
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
@@ -38,6 +44,7 @@ from smash_tui.tui.forms import (
 from smash_tui.tui.messages import ActionDone, ActionFailed, StoreFailed, StoreOpened
 from smash_tui.tui.processes import Launched, launch_worker, run_smash
 from smash_tui.tui.widgets import VIEWS, ViewBar
+from storage.errors import first_line
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import Store
@@ -68,6 +75,9 @@ def screen_class(mode: str) -> type[SmashScreen]:
     assert issubclass(found, SmashScreen)
     return found
 
+
+# Where an unexpected error's traceback goes, in the logs folder.
+CRASH_LOG = "tui-crash.log"
 
 Launcher = Callable[["Database"], Launched]
 Runner = Callable[[Sequence[str], str], str]
@@ -127,6 +137,11 @@ class SmashApp(App[None]):
         # Workers this app started: it reaps them when they exit (they outlive the app).
         self._launched: list[int] = []
         self.error: BaseException | None = None
+        # The first error nothing handled: it ended the app (return code 1).
+        self.crash: Exception | None = None
+        # Textual prints such an error's traceback, local variables included, on the
+        # restored terminal; run_app saves it to a file and reports one line instead.
+        self.error_console = Console(file=io.StringIO(), stderr=True)
         self.experiment_id: int | None = None
         self.experiment_label = ""
         self.theme = DARK_THEME
@@ -156,6 +171,12 @@ class SmashApp(App[None]):
             self.post_message(StoreOpened(Store.open(self.db_url)))
         except Exception as exc:  # StorageError, NewerDatabaseError: shown as they are
             self.post_message(StoreFailed(exc))
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual's hook for an exception nothing handled; it then ends the app.
+        if self.crash is None:
+            self.crash = error
+        super()._handle_exception(error)
 
     @on(StoreOpened)
     def _store_opened(self, message: StoreOpened) -> None:
@@ -387,7 +408,8 @@ class SmashApp(App[None]):
     @work(thread=True, group="actions", exit_on_error=False)
     def _export(self, store: Store, architecture_id: int, folder: str) -> None:
         try:
-            output = self.runner(["export", str(architecture_id), folder], store.db.url)
+            # "--" ends the options: a folder named like one ("--help", "-x") stays a folder.
+            output = self.runner(["export", "--", str(architecture_id), folder], store.db.url)
         except Exception as exc:
             self.post_message(
                 ActionFailed(f"export of architecture {architecture_id} failed: {exc}")
@@ -449,6 +471,43 @@ class SmashApp(App[None]):
         self.notify(message.text, severity="error", timeout=10)
 
 
+class AppCrashed(Exception):
+    """The app stopped on an error nothing handled; the message names it and its traceback file."""
+
+
+def crash_log_dir(app: SmashApp) -> Path:
+    """Where a crash's traceback goes: the database's logs folder, else the smash data folder's."""
+    if app.store is not None:
+        return app.store.db.logs_dir
+    from storage.db import data_dir  # loads SQLAlchemy: only after a crash
+
+    folder = data_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def crash_error(app: SmashApp) -> AppCrashed:
+    """The error ``run_app`` raises for an app that ended on an unhandled error.
+
+    The traceback is appended to ``CRASH_LOG`` (the message says where, or why not).
+
+    Args:
+        app: The app, after it has stopped with a non-zero return code.
+    """
+    crash = app.crash
+    if crash is None:
+        return AppCrashed(f"the app stopped with exit status {app.return_code}")
+    what = f"{type(crash).__name__}: {first_line(crash)}"
+    try:
+        path = crash_log_dir(app) / CRASH_LOG
+        with path.open("a", encoding="utf-8") as log:
+            log.write(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} ---\n")
+            log.write("".join(traceback.format_exception(crash)))
+    except Exception as exc:  # noqa: BLE001 - reporting the crash matters more than its log
+        return AppCrashed(f"{what} (traceback not saved: {first_line(exc)})")
+    return AppCrashed(f"{what} (traceback in {path})")
+
+
 def run_app(db_url: str | None) -> None:
     """Run the command center until the user quits.
 
@@ -457,8 +516,12 @@ def run_app(db_url: str | None) -> None:
 
     Raises:
         StorageError: When the database cannot be opened (after the terminal is restored).
+        AppCrashed: When an unexpected error ended the app (after the terminal is restored),
+            chained to that error.
     """
     app = SmashApp(db_url)
     app.run()
     if app.error is not None:
         raise app.error
+    if app.return_code:
+        raise crash_error(app) from app.crash

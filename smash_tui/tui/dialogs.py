@@ -73,6 +73,16 @@ class FormDialog(ModalScreen[object]):
         """The dialog's frame (compact on short terminals)."""
         return Vertical(classes="-compact" if self.compact else "")
 
+    def on_resize(self) -> None:
+        # A form opened on a tall terminal loses its field borders when the terminal
+        # shrinks (and gets them back), so every field and button stays on screen.
+        compact = self.compact
+        for body in self.query_children(Vertical):
+            body.set_class(compact, "-compact")
+        for field in self.query("Input, Select"):
+            if isinstance(field, (Input, Select)):
+                field.compact = compact
+
     def show_error(self, error: FormError) -> None:
         """Show a validation problem and focus the field it is about."""
         self.query_one(".form-error", Static).update(error.message)

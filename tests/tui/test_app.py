@@ -528,7 +528,7 @@ async def test_a_failing_smash_command_is_one_notification(
         assert "export of architecture" in errors[0].message
         assert "not an empty folder" in errors[0].message
     [(args, _)] = runner.calls
-    assert args == ["export", str(fixture.retrained_ids[0]), "/tmp/x"]
+    assert args == ["export", "--", str(fixture.retrained_ids[0]), "/tmp/x"]
 
 
 async def test_proxy_view_dims_a_retrained_architecture_whose_error_is_partial(
