@@ -31,6 +31,7 @@ from engine.errors import (
 )
 from engine.params import parse_id as engine_parse_id
 from engine.space import InvalidSearchSpace
+from smash_tui.errors import AppCrashed
 from storage.db import Database, open_database
 from storage.errors import FilterError, NotFoundError, StorageError, first_line
 from storage.models import Experiment, Job
@@ -100,6 +101,8 @@ def error_code(exc: BaseException) -> int | None:
     """The exit code of an error meant for the user, or None for an unexpected one."""
     if isinstance(exc, CliError):
         return exc.code
+    if isinstance(exc, AppCrashed):
+        return EXIT_FAILURE
     if isinstance(exc, FilterError):
         return EXIT_USAGE
     if isinstance(exc, StorageError):
@@ -137,7 +140,8 @@ def command(function: _F) -> _F:
                     "(run with SMASH_DEBUG=1 for the traceback)"
                 )
                 raise typer.Exit(EXIT_FAILURE) from None
-            print_error(first_line(exc))
+            prefix = "the app crashed: " if isinstance(exc, AppCrashed) else ""
+            print_error(prefix + first_line(exc))
             raise typer.Exit(code) from None
         finally:
             _close_databases()

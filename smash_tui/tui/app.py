@@ -31,6 +31,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from smash_tui.errors import AppCrashed
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.dashboard import DashboardScreen
 from smash_tui.tui.forms import (
@@ -469,10 +470,6 @@ class SmashApp(App[None]):
     @on(ActionFailed)
     def _action_failed(self, message: ActionFailed) -> None:
         self.notify(message.text, severity="error", timeout=10)
-
-
-class AppCrashed(Exception):
-    """The app stopped on an error nothing handled; the message names it and its traceback file."""
 
 
 def crash_log_dir(app: SmashApp) -> Path:

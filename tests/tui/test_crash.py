@@ -121,7 +121,7 @@ def test_smash_tui_says_one_line_and_exits_1_when_the_app_crashes(
     after = re.sub(r"[\x00-\x09\x0b-\x1f]", "", after)
     lines = [line for line in after.split("\n") if line.strip()]
     assert len(lines) == 1, after
-    assert lines[0].startswith("error: ")
+    assert lines[0].startswith("error: the app crashed: ")
     db = open_database(fixture.url)
     log = db.logs_dir / CRASH_LOG
     db.dispose()
