@@ -20,8 +20,8 @@ emits, per (position, edge), `bases` x Cmax mixing coefficients (alpha) and Cmax
 input-channel gains (beta), Cmax the widest stage.
 
 Weights (`mix_bases`). A conv of kernel k at stage s is drawn from `bases` learned
-basis kernels B[s, k] of shape (bases, C_s, C_s, k, k), shared by every position and
-edge of the stage:
+basis kernels B[s, k] of shape (bases, C_s, C_s, k, k) (the network stores them as
+(bases * C_s, C_s, k, k)), shared by every position and edge of the stage:
 
     W[o, i] = (sum_m alpha[m, o] * B[m, o, i]) * (1 + beta[i]);   W <- W / ||W||_F
 

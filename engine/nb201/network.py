@@ -205,9 +205,10 @@ class NB201Smash(nn.Module):
         self.encoding = CellEncoding(space)
         if weights == "hypernet":
             self.hypernet: CellHyperNet | None = CellHyperNet(self.encoding, (bases + 1) * widths[-1], hypernet)
-            # Basis kernels per (stage, conv op): index 2 * stage + op.
+            # Basis kernels per (stage, conv op), index 2 * stage + op, stacked along the
+            # output channels (bases * C, C, k, k): 4-D, so the module converts to channels-last.
             self.cell_bases = nn.ParameterList(
-                nn.Parameter(torch.empty(bases, c, c, CONV_KERNELS[op], CONV_KERNELS[op]))
+                nn.Parameter(torch.empty(bases * c, c, CONV_KERNELS[op], CONV_KERNELS[op]))
                 for c in widths
                 for op in CONV_OPS
             )
@@ -228,13 +229,10 @@ class NB201Smash(nn.Module):
     def reset_shared_parameters(self) -> None:
         """Kaiming init of every freely learned weight (the HyperNet initialises itself)."""
         _init_outer_layers(self.stem, self.reductions, self.head)
-        for weight in self.edge_weights:
+        # Bases at a conv's own scale (fan-in C * k * k): the mix is normalised anyway, but
+        # Adam's steps are a fixed size, so the bases' magnitude sets how fast they move.
+        for weight in [*self.edge_weights, *self.cell_bases]:
             nn.init.kaiming_normal_(weight, nonlinearity="relu")
-        for bases in self.cell_bases:
-            # Each basis at a conv's own scale: the mix is normalised anyway, but Adam's
-            # steps are a fixed size, so the bases' magnitude sets how fast they move.
-            for basis in bases.data:
-                nn.init.kaiming_normal_(basis, nonlinearity="relu")
 
     @staticmethod
     def _slot(position: int, edge: int, op: str) -> int:
@@ -315,7 +313,9 @@ class NB201Smash(nn.Module):
                     continue
                 # (N * edges, values), position-major: slot i is (row i // len(edges), edge i % len(edges))
                 picked = torch.stack([rows[:, :, e] for e in edges], 2).permute(1, 2, 0).flatten(0, 1)
-                mixed = mix_bases(picked, self.cell_bases[len(CONV_OPS) * stage + o])
+                stacked = self.cell_bases[len(CONV_OPS) * stage + o]  # (bases * C, C, k, k)
+                bases = stacked.reshape(self.bases, -1, *stacked.shape[1:])  # a view, in either layout
+                mixed = mix_bases(picked, bases)
                 for i, w in enumerate(mixed):
                     weights[(stage * n + i // len(edges), edges[i % len(edges)])] = w
         return weights
