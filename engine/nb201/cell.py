@@ -42,7 +42,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any, ClassVar
@@ -402,11 +402,6 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def iter_edges(cell: Cell) -> Iterator[tuple[int, int, int, str]]:
-    """(edge index, target node, source node, op) for each edge in EDGES order."""
-    for e, (to, source) in enumerate(EDGES):
-        yield e, to, source, cell.ops[e]
-
 
 __all__ = [
     "CONV_KERNELS",
@@ -422,6 +417,5 @@ __all__ = [
     "canonical_representatives",
     "describe_cell",
     "edge_name",
-    "iter_edges",
     "parse_architecture",
 ]
