@@ -7,8 +7,17 @@ each carries one of five ops. The text form is the benchmark's own string::
 
     |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|
 
-Canonical form. Two cells share a canonical form exactly when their networks compute
-the same function, with the same weights up to renaming (see `Cell.canonical`):
+Identity. A cell's `hash` is that of the benchmark's own canonical string
+(`benchmark_unique_string`, NAS-Bench-201's ``UniqueString``), so smash counts the
+6,466 distinct cells the benchmark counts, joins its tables on the same classes, and
+a search never scores two cells of one class against the same checkpoint. The
+search space hands out one cell per class, its `representative` (the first of the
+class in `all_cells()` order), so every stored number (params, FLOPs, depth, the
+table's accuracy) belongs to one fixed network.
+
+The benchmark's classes are not exactly classes of equal functions, and smash says
+so rather than pretend. `function_form` is a form that two cells share exactly when
+our networks compute the same function with the same weights up to renaming:
 
 - `none` edges are dropped, and so is every edge that lies on no input-to-output path
   (its source is unreachable from the input, or its target never reaches the output).
@@ -23,17 +32,16 @@ the same function, with the same weights up to renaming (see `Cell.canonical`):
   the same input stay two atoms; one conv reached along two paths stays one atom,
   counted twice. The form is a canonical labelling of the small graph of conv edges.
 
-This partition is not the benchmark's `UniqueString` one (6,466 classes), and neither
-refines the other. The benchmark's string keeps a `#` per zero term, so
+It gives 5,044 classes over the 15,625 cells, and neither partition refines the
+other: the benchmark's string keeps a `#` per zero term, so
 `|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|` (``#+#+0``) and the same cell
 with `skip_connect~2` (``#+#+#+0``) differ, though both compute the identity; it sorts
 nested sums as text; and it expands convs into trees, so
 `|nor_conv_1x1~0|+|avg_pool_3x3~0|skip_connect~1|+|avg_pool_3x3~0|skip_connect~1|skip_connect~2|`
 (one 1x1 conv, reached twice) and
 `|skip_connect~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|`
-(two 1x1 convs) share a string though their parameter counts differ. Our form gives
-5,044 classes over the 15,625 cells. `benchmark_unique_string` reproduces the
-benchmark's string, to join with its tables.
+(two 1x1 convs) share a string though their parameter counts differ. Plain graph
+isomorphism with unused edges dropped gives 8,765 classes.
 """
 
 from __future__ import annotations
@@ -204,19 +212,29 @@ class Cell:
     # Identity -----------------------------------------------------------------------
 
     @cached_property
-    def canonical(self) -> str:
+    def unique_string(self) -> str:
+        """The benchmark's canonical string of this cell (its ``UniqueString``)."""
+        return benchmark_unique_string(self)
+
+    @property
+    def hash(self) -> str:
+        """sha256 hex of the benchmark's canonical string: equal within one of its 6,466 classes."""
+        return hashlib.sha256(f"{KIND}:{self.unique_string}".encode()).hexdigest()
+
+    def representative(self) -> Cell:
+        """The cell that stands for this one's class: the first of `all_cells()` with its hash."""
+        return _representative_of()[self.unique_string]
+
+    @cached_property
+    def function_form(self) -> str:
         """Text shared by exactly the cells whose networks compute the same function.
 
         ``v1=nor_conv_1x1(avg_pool_3x3(v2));v2=nor_conv_3x3(x);out=v1+x``: each conv
         edge in canonical order with its input sum, then the output sum; ``out=0`` when
-        no path joins input and output. See the module docstring for the rules.
+        no path joins input and output. See the module docstring for the rules and for
+        how it differs from the benchmark's classes (which `hash` follows).
         """
         return _canonical(self.ops)
-
-    @property
-    def hash(self) -> str:
-        """sha256 hex of the canonical form: equal for cells that compute the same function."""
-        return hashlib.sha256(f"{KIND}:{self.canonical}".encode()).hexdigest()
 
     def describe(self) -> list[str]:
         """A few lines drawing the cell: each node as the sum of the ops on its edges."""
@@ -252,8 +270,8 @@ def all_cells() -> tuple[Cell, ...]:
 
 
 def canonical_representatives() -> tuple[Cell, ...]:
-    """One cell per canonical class: the first of `all_cells()` in each, in that order."""
-    return _representatives()
+    """One cell per class (6,466): the first of `all_cells()` with each hash, in that order."""
+    return tuple(dict.fromkeys(_representative_of().values()))
 
 
 @cache
@@ -262,14 +280,11 @@ def _all_cells() -> tuple[Cell, ...]:
 
 
 @cache
-def _representatives() -> tuple[Cell, ...]:
-    seen: set[str] = set()
-    chosen = []
+def _representative_of() -> dict[str, Cell]:
+    chosen: dict[str, Cell] = {}
     for cell in _all_cells():
-        if cell.canonical not in seen:
-            seen.add(cell.canonical)
-            chosen.append(cell)
-    return tuple(chosen)
+        chosen.setdefault(cell.unique_string, cell)
+    return chosen
 
 
 def benchmark_unique_string(cell: Cell) -> str:
@@ -321,7 +336,7 @@ def describe_cell(cell: Cell) -> list[str]:
         if node == NUM_NODES - 1:
             text += "   <- output"
         lines.append(text)
-    lines.append(f"{cell.num_ops} ops on input-output paths, depth {cell.depth}; canonical {cell.canonical}")
+    lines.append(f"{cell.num_ops} ops on input-output paths, depth {cell.depth}; benchmark class {cell.unique_string}")
     return lines
 
 
