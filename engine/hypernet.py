@@ -69,6 +69,18 @@ class _JointWeightNorm(torch.autograd.Function):
         return (None, *torch._foreach_div(projected, norms))
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type now, or None when it is off.
+
+    None also for device types autocast does not know (meta, where FLOPs are counted).
+    """
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
 def joint_weight_norm(weights: list[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """Every weight divided by its own Frobenius norm, optionally cast to `dtype`.
 
@@ -122,8 +134,7 @@ class HyperNet(nn.Module):
         each dense layer pass through the LeakyReLU, since every layer reads the whole
         concatenation through it (LeakyReLU(cat(a, b)) = cat(LeakyReLU(a), LeakyReLU(b))).
         """
-        device = c.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        dtype = autocast_dtype(c.device.type)
         convs = self.convs()
         weights = iter(joint_weight_norm([conv.weight for conv in convs], dtype))
         pad = self.config.kernel_size // 2

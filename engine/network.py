@@ -20,7 +20,7 @@ from torch import nn
 
 from engine.arch import Architecture, ConvSpec, Op
 from engine.encoding import EncodingLayout, GenerationPlan
-from engine.hypernet import HyperNet, HyperNetConfig, gather_op_weights
+from engine.hypernet import HyperNet, HyperNetConfig, autocast_dtype, gather_op_weights
 from engine.space import SearchSpace
 
 
@@ -163,14 +163,33 @@ class SmashNet(nn.Module):
             z: the random channel (rows x columns values); drawn from `generator` when None.
             generator: where z comes from; its device decides where z is drawn.
         """
-        plan = self.layout.plan(arch, pin_memory=self.stem_weight.device.type == "cuda")
-        return self._conditioning(plan, z, generator)[0]
+        return self._conditioning(self.plan(arch), z, generator)[0]
+
+    def plan(self, arch: Architecture) -> GenerationPlan:
+        """The host's share of `generate(arch)`: encoding and gather positions, in one buffer.
+
+        Pure host work (no torch op, no device), so a loop may prepare the next step's
+        plan on another thread while this step runs, and pass it to `generate`.
+        """
+        return self.layout.plan(arch, pin_memory=self.stem_weight.device.type == "cuda")
 
     def generate(
-        self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        arch: Architecture,
+        z: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        plan: GenerationPlan | None = None,
     ) -> list[torch.Tensor]:
-        """Full-width, norm-1 1x1 weights of every op of `arch`, in network order."""
-        plan = self.layout.plan(arch, pin_memory=self.stem_weight.device.type == "cuda")
+        """Full-width, norm-1 1x1 weights of every op of `arch`, in network order.
+
+        Args:
+            arch: the architecture.
+            z: the random channel; drawn from `generator` when None.
+            generator: where z comes from.
+            plan: `self.plan(arch)`, when prepared ahead; made now when None.
+        """
+        if plan is None:
+            plan = self.plan(arch)
         conditioning, positions, counts = self._conditioning(plan, z, generator)
         return gather_op_weights(self.hypernet.features(conditioning), positions, counts, plan.weight_shapes)
 
@@ -259,7 +278,7 @@ def _height_dilated_bf16(spec: ConvSpec, device: torch.device) -> bool:
 def _body_slices(net: SmashNet, arch: Architecture) -> dict[tuple[int, int], torch.Tensor]:
     """(op index, slot) -> the slice of its shared body conv that the op uses (`_conv_slice`)."""
     device = net.stem_weight.device
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    dtype = autocast_dtype(device.type)
     boxes: dict[int, list[tuple[int, int, int, int, int, int, bool]]] = {}
     users: dict[int, list[tuple[int, int]]] = {}
     op_index = 0

@@ -84,7 +84,7 @@ export WHEELS=${GPU_WHEELS:-.gpu-wheels}
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export DATA=../shared/data/cifar10-subset
 [ -f "$DATA/train.npz" ] || DATA=.gpu-data
-STATUS="$WORK/status.tsv"
+export STATUS="$WORK/status.tsv"
 
 echo "gpu_check $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(hostname), $(date -u +%FT%TZ)"
 print_plan
@@ -209,8 +209,8 @@ rows += [
     ("train step: ops dispatched", fig(host, "train_ops", "{:.0f}"), f"compute {fig(host, 'train_compute_ops', '{:.0f}')}"),
     ("score step: host ms", fig(host, "score_host_ms", "{:.2f}"), f"until done {fig(host, 'score_step_ms', '{:.2f}')} ms"),
     ("score step: ops dispatched", fig(host, "score_ops", "{:.0f}"), f"compute {fig(host, 'score_compute_ops', '{:.0f}')}"),
-    ("paper step, batch 50: ms", fig(step, "median_step_ms", "{:.1f}"), f"{fig(step, 'images_per_s', '{:.0f}')} img/s"),
-    ("paper step, batch 50: GFLOP/s", fig(step, "gflop_per_s", "{:.0f}"), f"{fig(step, 'gflop_per_image', '{:.2f}')} GFLOP/img"),
+    (f"{step.get('preset')} step, batch {step.get('batch')}: ms", fig(step, "median_step_ms", "{:.1f}"), f"{fig(step, 'images_per_s', '{:.0f}')} img/s"),
+    (f"{step.get('preset')} step, batch {step.get('batch')}: GFLOP/s", fig(step, "gflop_per_s", "{:.0f}"), f"{fig(step, 'gflop_per_image', '{:.2f}')} GFLOP/img"),
     ("scoring: archs/min full", fig(score, "full_archs_per_min", "{:.1f}"), f"{fig(score, 'gflop_per_s', '{:.0f}')} GFLOP/s"),
     ("scoring: archs/min racing", fig(score, "racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('top10_equal', '-')}"),
     ("scoring: archs/min search racing", fig(score, "search_racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('search_top10_equal', '-')}"),
@@ -237,7 +237,7 @@ for entry in "${STEPS[@]:1}"; do
     read -r name limit _ <<<"$entry"
     echo "=== $name (limit ${limit}s)"
     start=$SECONDS
-    timeout --kill-after=5 "$limit" bash -c "step_${name//-/_}"
+    timeout --kill-after=5 "$limit" bash -o pipefail -c "step_${name//-/_}"
     rc=$?
     elapsed=$((SECONDS - start))
     [ "$rc" -eq 124 ] && echo "=== $name: stopped at its ${limit}s limit"
