@@ -21,7 +21,11 @@ forward, loss, backward, Adam as `make_optimizer` builds it) and a scoring step
   (`step_ms` adds the wait for the device). On a CPU the kernels run inside the host
   time: there the HyperNet's own arithmetic, which does not shrink with the batch
   (it convolves the architecture's encoding, about 10 GFLOP forward and backward for
-  a `paper` architecture), is part of the figure; `train_gflop` says how much.
+  a `paper` architecture), is part of the figure; `train_gflop` says how much, and
+  a profiled pass splits the ops' own time into convolutions and everything else
+  (`train_profile_conv_ms`, `train_profile_other_ms`: the profiler's self CPU time
+  per step; `train_profile_wall_ms` the profiled step's wall time, which adds Python,
+  the autograd engine and the profiler's own overhead).
 
 Architectures come from a fixed seed, so two checkouts measured with the same
 arguments count the same architectures. The script uses only APIs that older commits
@@ -197,6 +201,24 @@ def main() -> None:
     for arch in archs[args.warmup : args.warmup + 3]:
         phase_counts.append(train_phases(arch))
 
+    # Where the host time goes: the profiler's self time of the convolutions (on a CPU:
+    # their arithmetic) against every other op (dispatch, small kernels, copies, Adam).
+    conv_s = other_s = 0.0
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        synchronize()
+        start = time.perf_counter()
+        for arch in archs[args.warmup :]:
+            train(arch)
+        synchronize()
+        profiled_s = time.perf_counter() - start
+    for event in profiler.key_averages():
+        if event.key.startswith("aten::"):
+            seconds = event.self_cpu_time_total / 1e6
+            if "convolution" in event.key:
+                conv_s += seconds
+            else:
+                other_s += seconds
+
     # The same step with Adam fused, as make_optimizer builds it on CUDA (one kernel per
     # group instead of about ten per parameter): the op count a GPU sees.
     fused = torch.optim.Adam(
@@ -267,6 +289,9 @@ def main() -> None:
         "train_compute_ops": statistics.median(c - v for c, v in zip(train_counts, train_views)),
         "train_ops_fused_adam": statistics.median(fused_counts),
         "train_ops_by_phase": phases,
+        "train_profile_conv_ms": 1e3 * conv_s / args.steps,
+        "train_profile_other_ms": 1e3 * other_s / args.steps,
+        "train_profile_wall_ms": 1e3 * profiled_s / args.steps,
         "train_ops_per_arch": train_counts,
         "train_top_ops": dict(last_train_counter.ops.most_common(15)),
         "train_gflop": float(np.mean(flops)) / 1e9,
@@ -291,6 +316,7 @@ def main() -> None:
     for label, key, fmt in rows:
         print(f"  {label:34}" + fmt.format(result[f"train_{key}"]) + fmt.format(result[f"score_{key}"]))
     print(f"  train ops with Adam fused (as on CUDA): {result['train_ops_fused_adam']:.0f}")
+    print(f"  train profile, self time per step: convolutions {result['train_profile_conv_ms']:.1f} ms, every other aten op {result['train_profile_other_ms']:.1f} ms, of {result['train_profile_wall_ms']:.1f} ms (the rest: Python, autograd, profiler)")
     print("  train ops by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     print(f"  train GFLOP / step (forward + backward, HyperNet included): {result['train_gflop']:.2f}")
     if args.out:
