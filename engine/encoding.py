@@ -14,6 +14,10 @@ The layout is a function of the `SearchSpace` alone, so it never shifts while li
 are annealed during training (a defect of the original code), and it spells out
 which op-body paths are active (another). Inactive convs leave all their fields at
 -1, so two architectures that differ only in an inactive conv encode identically.
+
+`EncodingLayout.plan` is what a training or scoring step asks the host for: c as int8
+and, for every op, where its 1x1 weights lie in the HyperNet's output, in one buffer
+that reaches the device in one copy (`GenerationPlan`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ position (row r, column s) becomes the block of the weight matrix for output cha
 paper's N output channels per position halves the positions the dense trunk runs
 over while still covering the full bottleneck width. Being convolutional, its size does not depend on how deep the
 searched networks are.
+
+On a GPU a step is bound by the host dispatching ops, not by arithmetic, so the
+forward computes the layers' function with few ops: all weight norms at once
+(`joint_weight_norm`), the trunk cast to the autocast dtype once, and every op's
+weight read out of the output in one gather (`gather_op_weights`).
 """
 
 from __future__ import annotations
