@@ -14,6 +14,10 @@ The layout is a function of the `SearchSpace` alone, so it never shifts while li
 are annealed during training (a defect of the original code), and it spells out
 which op-body paths are active (another). Inactive convs leave all their fields at
 -1, so two architectures that differ only in an inactive conv encode identically.
+
+`EncodingLayout.plan` is what a training or scoring step asks the host for: c as int8
+and, for every op, where its 1x1 weights lie in the HyperNet's output, in one buffer
+that reaches the device in one copy (`GenerationPlan`).
 """
 
 from __future__ import annotations
@@ -107,48 +111,133 @@ class EncodingLayout:
 
     def encode(self, arch: Architecture) -> torch.Tensor:
         """The conditioning tensor c (channels, rows, columns) of `arch`, float32 on the CPU."""
-        s = self.space
         spans = self.columns(arch)
-        total = spans[-1].start + spans[-1].count
-        c = np.full((self.channels, self.rows, total), -1.0, dtype=np.float32)
+        c = np.full((self.channels, self.rows, spans[-1].start + spans[-1].count), -1.0, dtype=np.float32)
+        self._mark(c, arch, spans)
+        return torch.from_numpy(c)
+
+    def plan(self, arch: Architecture, pin_memory: bool = False) -> GenerationPlan:
+        """Everything the host prepares to generate `arch`'s 1x1 weights, in one buffer.
+
+        Args:
+            arch: the architecture.
+            pin_memory: allocate the buffer in page-locked memory, so that its copy to a
+                GPU is asynchronous (the host does not wait for it).
+        """
+        spans = self.columns(arch)
+        columns = spans[-1].start + spans[-1].count
+        c_shape = (self.channels, self.rows, columns)
+        c_bytes = -(-self.channels * self.rows * columns // 4) * 4  # int32 data starts aligned
+        weights = sum(span.out_channels * span.in_channels for span in spans)
+        buffer = torch.empty(c_bytes + 4 * (weights + len(spans)), dtype=torch.uint8, pin_memory=pin_memory)
+        raw = buffer.numpy()
+        c = raw[: c_bytes].view(np.int8)[: self.channels * self.rows * columns].reshape(c_shape)
+        c.fill(-1)
+        self._mark(c, arch, spans)
+        ints = raw[c_bytes:].view(np.int32)
+        # The HyperNet's output read as (row, column, channel): the weight of output channel
+        # o = row * R + i and input channel k = (s - start) * dcN + j of an op starting at
+        # column `start` is at ((row * columns + s) * R * dcN + i * dcN + j).
+        r, cw = self.row_width, self.column_width
+        o = np.arange(self.rows * r)
+        out_offset = (o // r) * (columns * r * cw) + (o % r) * cw
+        k = np.arange(columns * cw)
+        in_offset = (k // cw) * (r * cw) + k % cw
+        position = 0
+        for span in spans:
+            first = span.start * cw
+            block = ints[position : position + span.out_channels * span.in_channels]
+            np.add(
+                out_offset[: span.out_channels, None],
+                in_offset[None, first : first + span.in_channels],
+                out=block.reshape(span.out_channels, span.in_channels),
+            )
+            position += block.size
+        ints[weights:] = [span.out_channels * span.in_channels for span in spans]
+        shapes = tuple((span.out_channels, span.in_channels) for span in spans)
+        return GenerationPlan(buffer, c_shape, c_bytes, shapes)
+
+    def _mark(self, c: np.ndarray, arch: Architecture, spans: list[OpColumns]) -> None:
+        """Set the fields of every op of `arch` to +1 in c, an array already filled with -1.
+
+        Built column by column with a few whole-array steps (a loop of small assignments
+        per op took a millisecond per `paper` architecture, on the training step's path).
+        """
+        s = self.space
         f = self.fields
         n = s.base_units
-        span_iter = iter(spans)
-        for b, block in enumerate(arch.blocks):
-            for op in block.ops:
-                span = next(span_iter)
-                rows = -(-op.bottleneck // self.row_width)
-                cols = slice(span.start, span.start + span.count)
-                region = c[:, :rows, cols]  # a view: writes land in c
+        # Per op: the channels set over its whole region, its rows, bank size, reads.
+        op_ids: list[int] = []
+        channel_ids: list[int] = []
+        rows, banks, reads, read_offsets = [], [], [], []
+        ops = [(b, block, op) for b, block in enumerate(arch.blocks) for op in block.ops]
+        for i, (b, block, op) in enumerate(ops):
+            channels = [f["reads"][0] + r for r in op.reads]
+            channels += [f["writes"][0] + w for w in op.writes]
+            channels += [f["block"][0] + b, f["units"][0] + op.units // n - 1, f["bank"][0] + block.bank_size // n - 1]
+            for slot, conv in enumerate(op.convs):
+                if conv is None:
+                    continue
+                channels += [
+                    f[f"conv{slot}.active"][0],
+                    f[f"conv{slot}.kernel_h"][0] + s.kernel_sizes.index(conv.kernel[0]),
+                    f[f"conv{slot}.kernel_w"][0] + s.kernel_sizes.index(conv.kernel[1]),
+                    f[f"conv{slot}.dilation_h"][0] + conv.dilation[0] - 1,
+                    f[f"conv{slot}.dilation_w"][0] + conv.dilation[1] - 1,
+                    f[f"conv{slot}.groups"][0] + s.groups.index(conv.groups),
+                ]
+            op_ids += [i] * len(channels)
+            channel_ids += channels
+            rows.append(-(-op.bottleneck // self.row_width))
+            banks.append(block.bank_size)
+            read_offsets.append(len(reads))
+            reads += op.reads
+        channels, height, width = c.shape
+        per_op = np.zeros((len(ops), channels), dtype=bool)
+        per_op[op_ids, channel_ids] = True
+        op_of = np.repeat(np.arange(len(ops)), [span.count for span in spans])  # column -> op
+        marked = per_op[op_of].T  # (channels, columns): set on the op's rows
+        # Column s of an op marks the banks its dcN input channels come from: read
+        # positions lo..hi, one pass per position within a column.
+        first = (np.arange(width) - np.array([span.start for span in spans])[op_of]) * self.column_width
+        bank = np.array(banks)[op_of]
+        lo = first // bank
+        hi = (np.minimum(first + self.column_width, np.array([span.in_channels for span in spans])[op_of]) - 1) // bank
+        position = np.array(read_offsets)[op_of] + lo
+        bank_of_read = f["source"][0] + np.array(reads)
+        for extra in range(int((hi - lo).max()) + 1):
+            at = np.flatnonzero(lo + extra <= hi)
+            marked[bank_of_read[position[at] + extra], at] = True
+        on_rows = np.arange(height)[:, None] < np.array(rows)[op_of][None, :]  # (rows, columns)
+        np.copyto(c, np.int8(1) if c.dtype == np.int8 else 1.0, where=marked[:, None, :] & on_rows[None])
+        # Row r of an op marks itself.
+        r, col = np.nonzero(on_rows)
+        c[f["row"][0] + r, r, col] = 1
 
-                def put(name: str, index: int, region: np.ndarray = region) -> None:
-                    offset, size = f[name]
-                    assert 0 <= index < size, (name, index, size)
-                    region[offset + index] = 1.0
 
-                for r in op.reads:
-                    put("reads", r)
-                for w in op.writes:
-                    put("writes", w)
-                put("block", b)
-                put("units", op.units // n - 1)
-                put("bank", block.bank_size // n - 1)
-                row_offset = f["row"][0]
-                for r in range(rows):
-                    region[row_offset + r, r, :] = 1.0
-                source_offset = f["source"][0]
-                for col in range(span.count):
-                    first = col * self.column_width
-                    last = min(first + self.column_width, span.in_channels) - 1
-                    for bank_pos in range(first // block.bank_size, last // block.bank_size + 1):
-                        region[source_offset + op.reads[bank_pos], :, col] = 1.0
-                for slot, conv in enumerate(op.convs):
-                    if conv is None:
-                        continue
-                    put(f"conv{slot}.active", 0)
-                    put(f"conv{slot}.kernel_h", s.kernel_sizes.index(conv.kernel[0]))
-                    put(f"conv{slot}.kernel_w", s.kernel_sizes.index(conv.kernel[1]))
-                    put(f"conv{slot}.dilation_h", conv.dilation[0] - 1)
-                    put(f"conv{slot}.dilation_w", conv.dilation[1] - 1)
-                    put(f"conv{slot}.groups", s.groups.index(conv.groups))
-        return torch.from_numpy(c)
+@dataclass(frozen=True, eq=False)
+class GenerationPlan:
+    """The host's share of generating one architecture's 1x1 weights, in one buffer.
+
+    `buffer` (uint8, page-locked when meant for a GPU) is copied to the device in one
+    go. It holds the conditioning tensor c as int8 -1/+1, padded to 4 bytes, then
+    int32: for every op in network order, where each of its weights lies in the
+    HyperNet's output read in (row, column, channel) order, row-major per op; then
+    each op's number of weights.
+    """
+
+    buffer: torch.Tensor  # uint8
+    c_shape: tuple[int, int, int]  # (channels, rows, columns)
+    c_bytes: int  # bytes before the int32 data
+    weight_shapes: tuple[tuple[int, int], ...]  # (bottleneck, in_channels) of every op
+
+    @property
+    def num_weights(self) -> int:
+        return sum(o * i for o, i in self.weight_shapes)
+
+    def unpack(self, buffer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of a copy of `buffer` (on any device): c (int8), the positions, the counts."""
+        channels, rows, columns = self.c_shape
+        c = buffer[: channels * rows * columns].view(torch.int8).view(self.c_shape)
+        ints = buffer[self.c_bytes :].view(torch.int32)
+        return c, ints[: self.num_weights], ints[self.num_weights :]

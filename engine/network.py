@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.arch import Architecture, ConvSpec, Op
-from engine.encoding import EncodingLayout
-from engine.hypernet import HyperNet, HyperNetConfig, op_weights
+from engine.encoding import EncodingLayout, GenerationPlan
+from engine.hypernet import HyperNet, HyperNetConfig, autocast_dtype, gather_op_weights
 from engine.space import SearchSpace
 
 
@@ -163,23 +163,54 @@ class SmashNet(nn.Module):
             z: the random channel (rows x columns values); drawn from `generator` when None.
             generator: where z comes from; its device decides where z is drawn.
         """
-        device = self.stem_weight.device
-        c = self.layout.encode(arch)
-        if device.type == "cuda":
-            c = c.pin_memory()  # a pinned source makes the copy asynchronous: no host sync
-        c = c.to(device, non_blocking=True)
-        if z is None:
-            z_device = generator.device if generator is not None else device
-            z = torch.randn(1, *c.shape[1:], generator=generator, device=z_device)
-        z = z.to(device, non_blocking=True).reshape(1, *c.shape[1:])
-        return torch.cat([z, c], 0).unsqueeze(0)
+        return self._conditioning(self.plan(arch), z, generator)[0]
+
+    def plan(self, arch: Architecture) -> GenerationPlan:
+        """The host's share of `generate(arch)`: encoding and gather positions, in one buffer.
+
+        Pure host work (no torch op, no device), so a loop may prepare the next step's
+        plan on another thread while this step runs, and pass it to `generate`.
+        """
+        return self.layout.plan(arch, pin_memory=self.stem_weight.device.type == "cuda")
 
     def generate(
-        self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        arch: Architecture,
+        z: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        plan: GenerationPlan | None = None,
     ) -> list[torch.Tensor]:
-        """Full-width, norm-1 1x1 weights of every op of `arch`, in network order."""
-        matrix = self.hypernet(self.encode(arch, z, generator))
-        return op_weights(matrix, self.layout.columns(arch), self.layout.column_width)
+        """Full-width, norm-1 1x1 weights of every op of `arch`, in network order.
+
+        Args:
+            arch: the architecture.
+            z: the random channel; drawn from `generator` when None.
+            generator: where z comes from.
+            plan: `self.plan(arch)`, when prepared ahead; made now when None.
+        """
+        if plan is None:
+            plan = self.plan(arch)
+        conditioning, positions, counts = self._conditioning(plan, z, generator)
+        return gather_op_weights(self.hypernet.features(conditioning), positions, counts, plan.weight_shapes)
+
+    def _conditioning(
+        self, plan: GenerationPlan, z: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The HyperNet's input and the plan's weight positions and counts, on the device."""
+        device = self.stem_weight.device
+        buffer = plan.buffer.to(device, non_blocking=True)  # the step's one copy; pinned: no host sync
+        c, positions, counts = plan.unpack(buffer)
+        channels, rows, columns = plan.c_shape
+        conditioning = torch.empty(1, 1 + channels, rows, columns, device=device)
+        if z is None and (generator is None or generator.device == device):
+            conditioning[0, 0].normal_(generator=generator)  # the values torch.randn draws
+        else:
+            if z is None:
+                assert generator is not None
+                z = torch.randn(1, rows, columns, generator=generator, device=generator.device)
+            conditioning[0, 0].copy_(z.reshape(rows, columns), non_blocking=True)
+        conditioning[0, 1:].copy_(c)  # int8 -1/+1 to float
+        return conditioning, positions, counts
 
     def forward(
         self,
@@ -191,15 +222,22 @@ class SmashNet(nn.Module):
         """Logits of `arch` on x, with `weights` from `generate` (drawn now when omitted)."""
         if weights is None:
             weights = self.generate(arch, generator=generator)
-        return forward_architecture(x, arch, _SmashSource(self, weights))
+        return forward_architecture(x, arch, _SmashSource(self, arch, weights))
 
 
 class _SmashSource:
-    """SmashNet's layers for one architecture: generated 1x1s, slices of shared weights."""
+    """SmashNet's layers for one architecture: generated 1x1s, slices of shared weights.
 
-    def __init__(self, net: SmashNet, weights: list[torch.Tensor]) -> None:
+    The slices of the shared body convs are all taken up front, one `_SharedSlices`
+    per shared weight, so that their backward fills one gradient buffer per weight
+    instead of one weight-sized buffer per slice and dimension (the backward of
+    ordinary slicing).
+    """
+
+    def __init__(self, net: SmashNet, arch: Architecture, weights: list[torch.Tensor]) -> None:
         self.net = net
         self.weights = weights
+        self.body = _body_slices(net, arch)
 
     def stem(self, x: torch.Tensor, channels: int) -> torch.Tensor:
         pad = self.net.space.stem_kernel // 2
@@ -211,13 +249,8 @@ class _SmashSource:
     def conv(self, block: int, op_index: int, slot: int, x: torch.Tensor, op: Op) -> torch.Tensor:
         spec = op.convs[slot]
         assert spec is not None
-        weight = _conv_slice(self.net.body[4 * block + slot], spec, x.shape[1], op.units)
-        if (
-            spec.dilation[0] > 1
-            and x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")
-        ):
+        weight = self.body[op_index, slot]
+        if _height_dilated_bf16(spec, x.device):
             return _HeightDilatedConvBF16.apply(x, weight, spec.padding(), spec.dilation, spec.groups)
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
@@ -230,6 +263,90 @@ class _SmashSource:
         x = F.relu(_sliced_batch_norm(self.net.head_norm, x))
         x = x.mean(dim=(2, 3))
         return F.linear(x, self.net.classifier.weight[:, : x.shape[1]], self.net.classifier.bias)
+
+
+def _height_dilated_bf16(spec: ConvSpec, device: torch.device) -> bool:
+    """Whether a body conv runs as `_HeightDilatedConvBF16` (see there)."""
+    return (
+        spec.dilation[0] > 1
+        and device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+    )
+
+
+def _body_slices(net: SmashNet, arch: Architecture) -> dict[tuple[int, int], torch.Tensor]:
+    """(op index, slot) -> the slice of its shared body conv that the op uses (`_conv_slice`)."""
+    device = net.stem_weight.device
+    dtype = autocast_dtype(device.type)
+    boxes: dict[int, list[tuple[int, int, int, int, int, int, bool]]] = {}
+    users: dict[int, list[tuple[int, int]]] = {}
+    op_index = 0
+    for b, block in enumerate(arch.blocks):
+        for op in block.ops:
+            for slot, spec in enumerate(op.convs):
+                if spec is None:
+                    continue
+                index = 4 * b + slot
+                weight = net.body[index]
+                in_channels = op.bottleneck if slot in (0, 2) else op.units
+                top = (weight.shape[2] - spec.kernel[0]) // 2
+                left = (weight.shape[3] - spec.kernel[1]) // 2
+                # A height-dilated conv casts its own weight (and keeps its gradient in fp32).
+                own_cast = _height_dilated_bf16(spec, device)
+                box = (op.units, in_channels // spec.groups, top, left, *spec.kernel, own_cast)
+                boxes.setdefault(index, []).append(box)
+                users.setdefault(index, []).append((op_index, slot))
+            op_index += 1
+    slices = {}
+    for index, weight_boxes in boxes.items():
+        for user, view in zip(users[index], _SharedSlices.apply(net.body[index], dtype, tuple(weight_boxes))):
+            slices[user] = view
+    return slices
+
+
+class _SharedSlices(torch.autograd.Function):
+    """Many slices of one shared weight (first filters, first inputs, centre crop), taken together.
+
+    The same values as slicing the weight once per op, with fewer ops: each slice is
+    one strided view, of a copy of the weight cast once to the autocast dtype when
+    autocast is on (rather than each slice being cast by its conv); the backward adds
+    every slice's gradient into one fp32 buffer of the weight's size.
+
+    Each box is (filters, inputs per group, top, left, kernel height, kernel width,
+    full precision): a full-precision slice is a view of the weight itself.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        weight: torch.Tensor,
+        dtype: torch.dtype | None,
+        boxes: tuple[tuple[int, int, int, int, int, int, bool], ...],
+    ) -> tuple[torch.Tensor, ...]:
+        cast = dtype is not None and dtype != weight.dtype and not all(box[-1] for box in boxes)
+        low = weight.to(dtype) if cast else weight
+        ctx.save_for_backward(weight)
+        ctx.boxes = boxes  # type: ignore[attr-defined]
+        ctx.set_materialize_grads(False)
+        return tuple(_box(weight if full else low, box) for *box, full in boxes)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
+        (weight,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = torch.zeros_like(weight)  # same strides as the weight
+        for (*box, _), g in zip(ctx.boxes, grads):  # type: ignore[attr-defined]
+            if g is not None:
+                _box(grad, box).add_(g)
+        return grad, None, None
+
+
+def _box(weight: torch.Tensor, box: list[int]) -> torch.Tensor:
+    """weight[:filters, :inputs, top:top + kh, left:left + kw] as one strided view."""
+    filters, inputs, top, left, kh, kw = box
+    stride = weight.stride()
+    offset = weight.storage_offset() + top * stride[2] + left * stride[3]
+    return weight.as_strided((filters, inputs, kh, kw), stride, offset)
 
 
 class _HeightDilatedConvBF16(torch.autograd.Function):

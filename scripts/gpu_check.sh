@@ -1,46 +1,257 @@
 #!/usr/bin/env bash
-# The GPU check, run on a lent H100/H200 in one go (under 8 minutes): the GPU tests, then the
-# step, scoring and search-quality benchmarks at GPU-sized settings, each printing its figures.
+# The GPU check: the whole product on a bare, lent CUDA machine, in one go, under 7 minutes.
 #
-# The device machine has python3 with torch, numpy, scipy and pytest, and no network; the
-# engine needs nothing else. Real CIFAR-10 images are read from ../shared when present, else
-# from .gpu-data/ (copy ../shared/data/cifar10-subset there, ignored by git, and carry it):
-#   mkdir -p .gpu-data && cp ../shared/data/cifar10-subset/*.npz .gpu-data/
-#   device run: command "bash scripts/gpu_check.sh", carry [".gpu-data"]
-# Figures land in $OUT (the device tool brings them back) or results/gpu/.
+# Runs, each step under `timeout` (`--plan` lists them with their limits and exits):
+#   the GPU tests; `smash search --device cuda` with a foreground worker on a SQLite file
+#   (HyperNet training, then a racing search), `smash retrain` of the best architecture,
+#   `smash ls --json` and `smash show`; the host-overhead, step and scoring benchmarks at
+#   GPU size; a two-GPU DDP smoke test where two GPUs are visible; then one summary table.
+# Exits 1 with one line before doing anything when CUDA is missing, and 1 at the end when
+# any step failed. Everything printed also goes to $OUT/gpu_check.log; at most 8 result
+# files land in $OUT (the device tool brings $OUT back), or in results/gpu/.
+#
+# The machine has python3 (3.12) with torch, numpy, scipy, pytest, typer and rich, and no
+# network. The database stack travels as wheels, fetched here once by
+# `python scripts/gpu_wheels.py` into .gpu-wheels/ (git-ignored) and installed there with
+# `pip install --no-index --target` into a temporary folder put on PYTHONPATH beside the
+# image's torch. Real CIFAR-10 images for the scoring benchmark are read from ../shared,
+# else from .gpu-data/ (`mkdir -p .gpu-data && cp ../shared/data/cifar10-subset/*.npz
+# .gpu-data/`), else the built-in synthetic set is written there as npz:
+#   python scripts/gpu_wheels.py
+#   device run: carry [".gpu-wheels", ".gpu-data"], command "bash scripts/gpu_check.sh"
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-OUT=${OUT:-results/gpu}
-mkdir -p "$OUT"
-DATA=../shared/data/cifar10-subset
-[ -f "$DATA/train.npz" ] || DATA=.gpu-data
-status=0
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on failure
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name (limit ${limit}s)"
-    local start=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-    local rc=${PIPESTATUS[0]}
-    echo "=== $name: exit $rc after $((SECONDS - start))s"
-    [ "$rc" -eq 0 ] || status=1
+# name, limit in seconds, what it runs. All limits together stay within 420 s.
+STEPS=(
+    "cuda 20 CUDA is visible to python3 (before anything else)"
+    "install 25 the wheels into a temporary folder; engine, storage, runner and CLI import"
+    "gpu-tests 70 pytest tests/engine/test_gpu.py (no host sync, bf16, SMASH = derived)"
+    "search 75 smash search --device cuda: HyperNet training, racing search, SQLite"
+    "retrain 40 smash retrain of the best architecture"
+    "browse 20 smash ls --json, smash show"
+    "host-overhead 30 benchmarks/host_overhead.py: ops and host ms per step"
+    "step-throughput 45 benchmarks/step_throughput.py --preset paper --batch 50"
+    "score-throughput 70 benchmarks/score_throughput.py: full, racing, search racing"
+    "ddp 10 DDP smoke test on two GPUs (skipped on one)"
+    "summary 10 one table of every figure"
+)
+RESULTS=(gpu_check.log summary.txt architectures.json host_overhead.json step_throughput.json score_throughput.json)
+BUDGET=420
+DDP_ENTRY=scripts/ddp_smoke.py  # the scale-out work's entry point; the step waits for it
+
+total_limit() {
+    local sum=0 step
+    for step in "${STEPS[@]}"; do
+        read -r _ limit _ <<<"$step"
+        sum=$((sum + limit))
+    done
+    echo "$sum"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+print_plan() {
+    local step name limit what
+    for step in "${STEPS[@]}"; do
+        read -r name limit what <<<"$step"
+        printf '  %-17s %4ss  %s\n' "$name" "$limit" "$what"
+    done
+    echo "  step limits together: $(total_limit)s (budget ${BUDGET}s); results: ${RESULTS[*]}"
+}
 
-step gpu-tests 150 $PY -m pytest -p no:cacheprovider -o addopts="" -q tests/engine/test_gpu.py tests/engine/test_network.py
-step step-throughput 60 $PY benchmarks/step_throughput.py --preset paper --batch 50 --steps 40 --out "$OUT/step_throughput.json"
-step step-throughput-varop-full-space 60 $PY benchmarks/step_throughput.py --preset paper-varop --batch 50 --steps 40 --progress 1 --out "$OUT/step_throughput_varop_full.json"
-if [ -f "$DATA/train.npz" ]; then
-    step score-throughput 120 $PY benchmarks/score_throughput.py --data "$DATA" --archs 200 --train-steps 400 --out "$OUT/score_throughput.json"
-    step quality 200 $PY benchmarks/quality.py --data "$DATA" --preset small --hypernet-epochs 15 --archs 200 --retrain 10 --epochs 10 --out "$OUT/quality.json"
-else
-    echo "no CIFAR-10 subset at ../shared or .gpu-data: skipping the scoring and quality benchmarks"
-    status=1
+if [ "${1:-}" = "--plan" ]; then
+    print_plan
+    [ "$(total_limit)" -le "$BUDGET" ]
+    exit
 fi
-echo "figures in $OUT"
-exit $status
+
+export PY=${PYTHON:-python3}
+# Before anything else: without CUDA there is nothing to check.
+cuda_start=$SECONDS
+if ! timeout 20 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is false or torch is missing); nothing was run" >&2
+    exit 1
+fi
+
+export OUT=${OUT:-results/gpu}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+TEE=$!
+export PYTHONUNBUFFERED=1
+export WORK
+WORK=$(mktemp -d)
+export SMASH_HOME="$WORK/home" SITE="$WORK/site" DB="$WORK/smash.db" DDP_ENTRY
+export WHEELS=${GPU_WHEELS:-.gpu-wheels}
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export DATA=../shared/data/cifar10-subset
+[ -f "$DATA/train.npz" ] || DATA=.gpu-data
+export STATUS="$WORK/status.tsv"
+
+echo "gpu_check $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(hostname), $(date -u +%FT%TZ)"
+print_plan
+if [ "$(total_limit)" -gt "$BUDGET" ]; then
+    echo "gpu_check: the step limits add up to more than ${BUDGET}s"
+    exit 1
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+
+smash() { "$PY" -c 'from smash_tui.cli import main; main()' "$@"; }
+
+step_install() {
+    ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "no wheels in $WHEELS: run python scripts/gpu_wheels.py here and carry $WHEELS"; return 1; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl || return 1
+    "$PY" - <<'EOF'
+import importlib, os, time
+site = os.environ["SITE"]
+for name in ["engine.jobs", "storage.db", "storage.queue", "smash_tui.runner.worker", "smash_tui.cli"]:
+    start = time.perf_counter()
+    importlib.import_module(name)
+    print(f"  import {name}: {time.perf_counter() - start:.2f}s")
+import platformdirs, sqlalchemy, alembic
+for module in (sqlalchemy, alembic, platformdirs):
+    where = "the wheels" if module.__file__.startswith(site) else module.__file__
+    print(f"  {module.__name__} {getattr(module, '__version__', '?')} from {where}")
+EOF
+}
+
+step_gpu_tests() {
+    "$PY" -m pytest -p no:cacheprovider -o addopts="" -q tests/engine/test_gpu.py
+}
+
+step_search() {
+    # Options that do not depend on names being renamed (HyperNet size, the staged strategy).
+    smash search --db "$DB" --device cuda --dataset synthetic --synthetic-train 5000 \
+        --synthetic-test 1000 --val-size 1000 --preset small --epochs 2 --max-steps 150 \
+        --eval-archs 2 --archs 48 --racing --search-batch 16 --seed 0 --name gpu-check --json
+}
+
+best_id() {
+    smash ls --db "$DB" --sort err --limit 1 --json | "$PY" -c 'import json, sys; print(json.load(sys.stdin)[0]["id"])'
+}
+
+step_retrain() {
+    local id
+    id=$(best_id) || return 1
+    echo "best architecture: $id"
+    smash retrain "$id" --db "$DB" --device cuda --epochs 2 --json
+}
+
+step_browse() {
+    local id
+    smash ls --db "$DB" --json >"$OUT/architectures.json" || return 1
+    "$PY" -c 'import json, sys; rows = json.load(open(sys.argv[1])); print(f"smash ls: {len(rows)} architectures")' "$OUT/architectures.json"
+    id=$(best_id) || return 1
+    smash show "$id" --db "$DB"
+}
+
+step_host_overhead() {
+    "$PY" benchmarks/host_overhead.py --device cuda --steps 20 --out "$OUT/host_overhead.json"
+}
+
+step_step_throughput() {
+    "$PY" benchmarks/step_throughput.py --preset paper --batch 50 --steps 30 --out "$OUT/step_throughput.json"
+}
+
+step_score_throughput() {
+    local data=$DATA
+    if [ ! -f "$data/train.npz" ]; then
+        data="$WORK/synthetic"
+        echo "no CIFAR-10 subset at ../shared or .gpu-data: scoring the built-in synthetic set"
+        "$PY" - "$data" <<'EOF' || return 1
+import sys
+from pathlib import Path
+import numpy as np
+from engine.data.synthetic import generate
+folder = Path(sys.argv[1])
+folder.mkdir(parents=True)
+for split, n, seed in (("train", 10000, 0), ("test", 2000, 1)):
+    images, labels = generate(n, np.random.default_rng(seed))
+    np.savez(folder / f"{split}.npz", x=images.transpose(0, 2, 3, 1), y=labels)
+EOF
+    fi
+    "$PY" benchmarks/score_throughput.py --data "$data" --archs 64 --train-steps 150 --search-batch 32 --out "$OUT/score_throughput.json"
+}
+
+step_ddp() {
+    local gpus
+    if [ ! -f "$DDP_ENTRY" ]; then
+        echo "skipped: DDP smoke test arrives with the scale-out work"  # placeholder until $DDP_ENTRY exists
+        return 0
+    fi
+    gpus=$("$PY" -c 'import torch; print(torch.cuda.device_count())') || return 1
+    if [ "$gpus" -lt 2 ]; then
+        echo "skipped: $gpus GPU visible, the DDP smoke test needs two"
+        return 0
+    fi
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 "$DDP_ENTRY"  # what torchrun runs
+}
+
+step_summary() {
+    "$PY" - "$STATUS" "$OUT" <<'EOF' | tee "$OUT/summary.txt"
+import json, sys
+from pathlib import Path
+status, out = Path(sys.argv[1]), Path(sys.argv[2])
+def load(name):
+    try:
+        return json.loads((out / name).read_text())
+    except (OSError, ValueError):
+        return {}
+rows = []
+for line in status.read_text().splitlines():
+    name, rc, seconds, limit = line.split("\t")
+    rows.append((f"step {name}", "ok" if rc == "0" else f"FAILED (exit {rc})", f"{seconds}s of {limit}s"))
+host, step, score = load("host_overhead.json"), load("step_throughput.json"), load("score_throughput.json")
+archs = load("architectures.json") or []
+def fig(source, key, fmt, unit=""):
+    return fmt.format(source[key]) + unit if key in source else "-"
+rows += [
+    ("train step: host ms (batch 1, 8x8)", fig(host, "train_host_ms", "{:.2f}"), f"until done {fig(host, 'train_step_ms', '{:.2f}')} ms"),
+    ("train step: ops dispatched", fig(host, "train_ops", "{:.0f}"), f"compute {fig(host, 'train_compute_ops', '{:.0f}')}"),
+    ("score step: host ms", fig(host, "score_host_ms", "{:.2f}"), f"until done {fig(host, 'score_step_ms', '{:.2f}')} ms"),
+    ("score step: ops dispatched", fig(host, "score_ops", "{:.0f}"), f"compute {fig(host, 'score_compute_ops', '{:.0f}')}"),
+    (f"{step.get('preset')} step, batch {step.get('batch')}: ms", fig(step, "median_step_ms", "{:.1f}"), f"{fig(step, 'images_per_s', '{:.0f}')} img/s"),
+    (f"{step.get('preset')} step, batch {step.get('batch')}: GFLOP/s", fig(step, "gflop_per_s", "{:.0f}"), f"{fig(step, 'gflop_per_image', '{:.2f}')} GFLOP/img"),
+    ("scoring: archs/min full", fig(score, "full_archs_per_min", "{:.1f}"), f"{fig(score, 'gflop_per_s', '{:.0f}')} GFLOP/s"),
+    ("scoring: archs/min racing", fig(score, "racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('top10_equal', '-')}"),
+    ("scoring: archs/min search racing", fig(score, "search_racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('search_top10_equal', '-')}"),
+]
+if archs:
+    best = min((a for a in archs if a.get("err") is not None), key=lambda a: a["err"], default=None)
+    retrained = [a for a in archs if a.get("acc") is not None]
+    rows.append(("search: architectures scored", str(len(archs)), f"best {best['id']}: err {best['err']:.1f}%" if best else "-"))
+    rows.append(("retrain: test accuracy", f"{retrained[0]['acc']:.1f}%" if retrained else "-", f"architecture {retrained[0]['id']}" if retrained else ""))
+width = max(len(r[0]) for r in rows)
+print("summary")
+for name, value, note in rows:
+    print(f"  {name:{width}}  {value:>22}  {note}")
+EOF
+}
+
+export -f smash best_id step_install step_gpu_tests step_search step_retrain step_browse \
+    step_host_overhead step_step_throughput step_score_throughput step_ddp step_summary
+
+failed=0
+# The CUDA check above counts as the first step.
+printf 'cuda\t0\t%s\t20\n' "$((SECONDS - cuda_start))" >"$STATUS"
+for entry in "${STEPS[@]:1}"; do
+    read -r name limit _ <<<"$entry"
+    echo "=== $name (limit ${limit}s)"
+    start=$SECONDS
+    timeout --kill-after=5 "$limit" bash -o pipefail -c "step_${name//-/_}"
+    rc=$?
+    elapsed=$((SECONDS - start))
+    [ "$rc" -eq 124 ] && echo "=== $name: stopped at its ${limit}s limit"
+    echo "=== $name: exit $rc after ${elapsed}s"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$elapsed" "$limit" >>"$STATUS"
+    [ "$rc" -eq 0 ] || failed=1
+done
+echo "results in $OUT: ${RESULTS[*]}"
+if [ "$failed" -ne 0 ]; then
+    echo "gpu_check: FAILED: $(awk -F '\t' '$2 != 0 {printf "%s ", $1}' "$STATUS")"
+else
+    echo "gpu_check: all steps passed"
+fi
+rm -rf "$WORK"
+exec >&- 2>&-
+wait "$TEE"  # the log is complete before the device tool collects it
+exit "$failed"
