@@ -12,6 +12,8 @@ import math
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -337,6 +339,19 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({self.redacted_url!r})"
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a driver's error into a StorageError of one line, without SQL or parameters.
+
+    SQLAlchemy's message goes on with the statement and its parameters, which are no
+    business of a user (the app shows ``str(exc)`` in a notification).
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StorageError(f"database error: {first_line(exc.orig)}") from None
 
 
 def open_database(url: str | None = None) -> Database:

@@ -410,7 +410,7 @@ class Worker:
                     records.fail_retrain(session, context.retrain_id)
                 queue.fail(session, context.job_id, message, worker_id=self.worker_id)
                 session.commit()
-        except (JobStateError, StorageError) as error:
+        except Exception as error:  # noqa: BLE001 - a worker must outlive a job it cannot record
             log.warning("job %d: could not record its failure: %s", context.job_id, error)
         self.notify("job_ended", context.job_id, "failed", message)
 
