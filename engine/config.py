@@ -36,6 +36,9 @@ INIT_RECIPES = ("kaiming", "banks")
 # The largest integer a setting may hold: ids, seeds and counts end up in 32-bit
 # database columns (PostgreSQL's integer), and torch and numpy seeds must accept them.
 INT_MAX = 2**31 - 1
+# The largest number a float setting may hold: the loops compute in float32 (and bf16),
+# where anything larger overflows to infinity.
+FLOAT_MAX = 3.4028234663852886e38
 # Fewest validation images a search scores on: fewer cannot tell architectures apart.
 MIN_VALIDATION_IMAGES = 10
 # Data sets the engine knows by name, and the kinds that take a path (`npz:PATH`).
@@ -367,6 +370,7 @@ __all__ = [
     "DEFAULT_HYPERNET",
     "HYPERNET_SIZES",
     "INIT_RECIPES",
+    "FLOAT_MAX",
     "INT_MAX",
     "LEGACY_STRATEGIES",
     "MIN_VALIDATION_IMAGES",

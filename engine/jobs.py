@@ -34,6 +34,7 @@ from engine.params import (
     ScoreParams,
     SearchParams,
     TrainParams,
+    best_full_error,
     check_batch,
     score_method,
 )
@@ -287,9 +288,10 @@ def run_search_job(
     budget = params.search.budget
     buffer = _ScoreBuffer(reporter, params.commit_every)
     start = time.monotonic()
-    state = {"new": 0, "best": math.inf}
-    # A resumed search finds its earlier results among the known scores.
+    # A resumed search finds its earlier results among the known scores: they count
+    # towards the budget and towards the best full score it reports.
     already = min(len(known), budget)
+    state = {"new": 0, "best": best_full_error((s.method, s.error) for s in known.values())}
 
     def on_result(result: Result) -> None:
         buffer.add(describe(result.arch, spec, result.score, result.source, params.score))

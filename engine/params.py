@@ -12,8 +12,8 @@ the defaults of the dataclasses in `engine.config`::
     retrain  {"architecture_id": int, "retrain": RetrainConfig}
 
 This is the one validation layer of the project: `config_from_dict` checks every
-value's type and range against the config's annotations (numbers finite, integers
-within what the database stores, text free of control characters) before the config
+value's type and range against the config's annotations (numbers finite and within
+float32, integers within what the database stores, text free of control characters) before the config
 checks its own rules; `plan_search` and `plan_retrain` turn what a user asked for into
 job parameters. The command line and the app call them before anything is queued, and
 the worker parses the stored JSON again before it runs.
@@ -26,12 +26,13 @@ import math
 import types
 import typing
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from engine.config import (
     DEFAULT_HYPERNET,
+    FLOAT_MAX,
     HYPERNET_SIZES,
     INT_MAX,
     LEGACY_STRATEGIES,
@@ -91,16 +92,22 @@ def check_int(
 
 
 def check_float(value: Any, what: str, *, field: str | None = None) -> float:
-    """A finite number (integers are accepted).
+    """A finite number that float32 holds (integers are accepted).
 
     Raises:
         ConfigError: naming the setting.
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{what} must be a number, got {_shown(value)}", field)
-    if not math.isfinite(value):
-        raise ConfigError(f"{what} must be a finite number, got {value}", field)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{what} must be a finite number, got {_shown(value)}", field)
+    if abs(number) > FLOAT_MAX:
+        raise ConfigError(f"{what} is too large: {number:g} (at most {FLOAT_MAX:.4g})", field)
+    return number
 
 
 def parse_id(text: str, noun: str) -> int:
@@ -451,6 +458,8 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     check_int(request.seed, "seed", field="seed", low=0)
     if request.name is not None:
         check_text(request.name, "name", field="name")
+    if request.data_root is not None:
+        check_text(request.data_root, "data-root", field="data_root")
     try:
         space = get_preset(request.preset)
     except InvalidSearchSpace as exc:
@@ -552,6 +561,19 @@ DEMO_RETRAIN = RetrainConfig(epochs=5)
 DEMO_TOP = 10  # rows of the demo's final table
 
 
+def is_full_score(method: str) -> bool:
+    """Whether a stored score's method label is a full score (not a racing drop's partial one)."""
+    return method.partition("+")[0] == "full"
+
+
+def best_full_error(errors_by_method: Iterable[tuple[str, float]]) -> float:
+    """The lowest error among full scores, given (method label, error) pairs; inf for none.
+
+    A racing drop's partial error was measured on fewer images and is no "best".
+    """
+    return min((error for method, error in errors_by_method if is_full_score(method)), default=math.inf)
+
+
 def score_method(base: str, config: ScoreConfig) -> str:
     """The score's method label: "full" or "racing", plus what differs from one plain pass.
 
@@ -586,7 +608,9 @@ __all__ = [
     "check_int",
     "check_text",
     "config_from_dict",
+    "best_full_error",
     "config_to_dict",
+    "is_full_score",
     "parse_id",
     "plan_retrain",
     "plan_search",

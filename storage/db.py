@@ -11,8 +11,12 @@ import json
 import math
 import os
 import re
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import platformdirs
 from sqlalchemy import Engine, create_engine, event
@@ -20,7 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import StorageError, first_line
+from storage.errors import DatabaseURLError, StorageError, first_line
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 PG_CONNECT_TIMEOUT_S = 10
@@ -40,11 +44,27 @@ def resolve_url(explicit: str | None) -> str:
 
     Returns:
         A normalised SQLAlchemy URL (see ``normalize_url``).
+
+    Raises:
+        DatabaseURLError: ``--db`` was given but is blank, or names no usable database.
     """
-    for candidate in (explicit, os.environ.get("SMASH_DB")):
-        if candidate and candidate.strip():
-            return normalize_url(candidate.strip())
+    if explicit is not None:
+        if not explicit.strip():
+            raise DatabaseURLError("--db is empty: give a SQLite file path or a database URL")
+        return normalize_url(explicit.strip())
+    from_environment = os.environ.get("SMASH_DB", "")
+    if from_environment.strip():  # an empty variable counts as unset
+        return normalize_url(from_environment.strip())
+    return default_url()
+
+
+def default_url() -> str:
+    """The database used when neither ``--db`` nor ``SMASH_DB`` names one."""
     return normalize_url(str(data_dir() / "smash.db"))
+
+
+# A path that is really a URL without its scheme: "user:password@host/db".
+_SCHEMELESS_URL = re.compile(r"^[^/@]*:[^/]*@")
 
 
 def normalize_url(value: str) -> str:
@@ -57,25 +77,51 @@ def normalize_url(value: str) -> str:
         value: A filesystem path or a database URL.
 
     Raises:
-        StorageError: For a URL that is malformed, in-memory, or of an unsupported backend.
+        DatabaseURLError: For a URL that is malformed, ambiguous (an unencoded ``@`` in
+            the password), in-memory, names no database, or of an unsupported backend.
+            The message never holds any part of a password.
     """
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise DatabaseURLError(
+            f"the database URL or path contains control characters: {redact_url(value)!r}"
+        )
     if "://" not in value:
+        if _SCHEMELESS_URL.match(value):
+            raise DatabaseURLError(
+                f"{redact_url(value)!r} looks like a database URL without its "
+                "scheme: write postgresql://user:password@host/dbname"
+            )
         return _sqlite_url(Path(value))
+    userinfo = _userinfo(value)
+    if userinfo is not None and "@" in userinfo:
+        raise DatabaseURLError(
+            f"invalid database URL {redact_url(value)}: an '@' in the user name or password "
+            "must be percent-encoded as %40 (and ':' as %3A, '/' as %2F)"
+        )
     try:
         url = make_url(value)
-    except ArgumentError as exc:
-        raise StorageError(f"invalid database URL {value!r}: {first_line(exc)}") from None
+    except (ArgumentError, ValueError):
+        # Not the parser's message: it quotes the URL, password and all.
+        raise DatabaseURLError(
+            f"invalid database URL {redact_url(value)!r}: expected a SQLite file path "
+            "or postgresql://user:password@host/dbname"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend == "sqlite" and driver in ("", "pysqlite"):
         if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
-            raise StorageError(
+            raise DatabaseURLError(
                 f"unsupported SQLite URL {redact_url(value)}: smash needs a database file "
                 "that the UI and the workers share"
             )
         return _sqlite_url(Path(url.database))
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        if not url.database:
+            raise DatabaseURLError(
+                f"database URL {redact_url(value)} names no database: "
+                "write postgresql://user:password@host/dbname"
+            )
         return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise StorageError(
+    raise DatabaseURLError(
         f"unsupported database URL {redact_url(value)}: use a SQLite file path "
         "or postgresql://user:password@host/dbname"
     )
@@ -86,13 +132,75 @@ def _sqlite_url(path: Path) -> str:
     return URL.create("sqlite", database=str(path)).render_as_string()
 
 
+def _userinfo(url: str) -> str | None:
+    """What stands between ``://`` and the last ``@`` of a URL (user and password), if any.
+
+    The last ``@``, not the first: an unencoded ``@`` in a password would otherwise
+    leave the rest of the password looking like the host.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower().startswith("sqlite"):
+        return None  # a file path, and SQLite URLs name files: no credentials
+    at = rest.rfind("@")
+    return rest[:at] if at >= 0 else None
+
+
+# Query parameters that carry a secret: psycopg takes ?password=..., ?sslpassword=...
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*pass[^=&#]*=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for anything printed or logged."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        # Not a URL we can parse; hide anything between "://user:" and "@".
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL with every part of its password replaced by ``***``, for anything shown.
+
+    Works on the text, not on a parse, so that no URL shape leaks: everything between
+    ``user:`` and the last ``@`` is hidden (all of it between ``://`` and that ``@``
+    when the user name itself is in doubt), and so is the value of any ``pass...``
+    query parameter. A file path is returned as it is, unless it reads like a URL
+    whose scheme was forgotten (``user:password@host/db``).
+    """
+    if "://" not in url and _SCHEMELESS_URL.match(url):
+        return redact_url(f"x://{url}")[len("x://") :]
+    userinfo = _userinfo(url)
+    if userinfo is None:
+        scheme, separator, rest = url.partition("://")
+        if not separator or scheme.lower().startswith("sqlite"):
+            return url
+        return scheme + separator + _hide_query_secrets(rest)
+    scheme, separator, rest = url.partition("://")
+    host = rest[len(userinfo) + 1 :]
+    user, colon, _ = userinfo.partition(":")
+    if not colon and "@" not in userinfo:
+        shown = userinfo  # a user name alone, no password
+    elif colon and not set(user) & set("@/?#"):
+        shown = f"{user}:***"
+    else:
+        shown = "***"
+    return f"{scheme}{separator}{shown}@{_hide_query_secrets(host)}"
+
+
+def _hide_query_secrets(text: str) -> str:
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password of a URL as it may appear in a message: as written and decoded."""
+    found: list[str] = []
+    userinfo = _userinfo(url)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        found += [password, unquote(password)] if colon else []
+        found += [userinfo] if "@" in userinfo else []
+    for match in _SECRET_QUERY.finditer(url):
+        value = url[match.end(1) : match.end()]
+        found += [value, unquote(value)]
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def scrub(message: str, url: str) -> str:
+    """A message (a driver's error) with any trace of the URL's password replaced by ``***``."""
+    for secret in url_secrets(url):
+        message = message.replace(secret, "***")
+    return message
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -233,35 +341,79 @@ class Database:
         return f"Database({self.redacted_url!r})"
 
 
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Turn a driver's error into a StorageError of one line, without SQL or parameters.
+
+    SQLAlchemy's message goes on with the statement and its parameters, which are no
+    business of a user (the app shows ``str(exc)`` in a notification).
+    """
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StorageError(f"database error: {first_line(exc.orig)}") from None
+
+
 def open_database(url: str | None = None) -> Database:
     """Open a database, creating or upgrading its schema first.
+
+    A SQLite file is created when missing, but only in a folder that exists: a
+    mistyped path is refused rather than turned into new folders (the default
+    location's folder is the one that is created).
 
     Args:
         url: A URL or path; None resolves it like ``resolve_url(None)``.
 
     Raises:
-        StorageError: When the file is not a smash database or the server cannot be reached.
+        DatabaseURLError: The URL or path names no usable database.
+        StorageError: When the file is not a smash database, cannot be created, read or
+            written, or the server cannot be reached; one line, never with a password.
         NewerDatabaseError: When a newer smash wrote the schema.
     """
     # Imported here because the migration environment imports this module.
     from storage.migrate import preflight_sqlite, upgrade
 
     url = resolve_url(url)
+    shown = redact_url(url)
     path = sqlite_path(url)
     if path is not None:
-        preflight_sqlite(path, redact_url(url))
+        _check_sqlite_location(path, create_folder=url == default_url())
+        try:
+            preflight_sqlite(path, shown)
+        except OSError as exc:
+            raise StorageError(f"cannot read database {path}: {_reason(exc)}") from None
     try:
         engine = make_engine(url)
     except OSError as exc:
-        raise StorageError(f"cannot create the folder of {path}: {exc.strerror}") from None
+        raise StorageError(f"cannot create the folder of {path}: {_reason(exc)}") from None
     try:
-        upgrade(engine, redact_url(url))
+        upgrade(engine, shown)
     except DBAPIError as exc:
         engine.dispose()
-        raise StorageError(
-            f"cannot open database {redact_url(url)}: {first_line(exc.orig)}"
-        ) from None
+        reason = scrub(first_line(exc.orig), url)
+        raise StorageError(f"cannot open database {shown}: {reason}") from None
+    except OSError as exc:
+        engine.dispose()
+        raise StorageError(f"cannot open database {shown}: {_reason(exc)}") from None
     except BaseException:
         engine.dispose()
         raise
     return Database(url, engine)
+
+
+def _check_sqlite_location(path: Path, *, create_folder: bool) -> None:
+    """Refuse a SQLite file that cannot be one: a folder, a file in a missing folder."""
+    try:
+        if path.is_dir():
+            raise StorageError(f"{path} is a folder, not a database file")
+        folder = path.parent
+        if not create_folder and not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise StorageError(f"cannot open database {path}: its folder {folder} {what}")
+    except OSError as exc:  # a name too long, a folder that cannot be searched
+        raise StorageError(f"cannot open database {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError in words, without repeating the (possibly very long) file name."""
+    return exc.strerror or first_line(exc)

@@ -23,6 +23,14 @@ class StorageError(Exception):
     """Base class of every error the storage package raises on purpose."""
 
 
+class DatabaseURLError(StorageError):
+    """A ``--db`` value that names no usable database: malformed, unsupported or empty.
+
+    A usage error (the command line exits with 2), unlike a database that cannot be
+    reached or opened.
+    """
+
+
 class NewerDatabaseError(StorageError):
     """The database carries a schema revision this version of smash does not know."""
 

@@ -101,6 +101,9 @@ def preflight_sqlite(path: Path, display_url: str, script_location: Path = MIGRA
             if VERSION_TABLE in tables:
                 row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
                 current = row[0] if row else None
+    except sqlite3.OperationalError as exc:
+        # Unreadable, or a WAL-mode file in a folder it cannot write its index beside.
+        raise StorageError(f"cannot open database {display_url}: {first_line(exc)}") from None
     except sqlite3.DatabaseError as exc:
         raise _not_smash(str(path), first_line(exc)) from None
     if current is None and tables - {VERSION_TABLE}:

@@ -35,6 +35,8 @@ JOB_STATES: Final = ("queued", "running", "paused", "done", "failed", "cancelled
 JOB_REQUESTS: Final = ("pause", "cancel")
 RETRAIN_STATES: Final = ("queued", "running", "done", "failed")
 EVENT_LEVELS: Final = ("info", "warning", "error")
+# The largest id an Integer column holds on every backend (PostgreSQL's integer).
+ID_MAX: Final = 2**31 - 1
 
 
 def utcnow() -> datetime:

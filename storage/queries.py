@@ -22,6 +22,7 @@ one sort of the whole experiment.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -63,6 +64,10 @@ _OPERATOR = r"(<=|>=|!=|<|>|=)"
 _TERM = re.compile(rf"^([A-Za-z_]*){_OPERATOR}(.*)$")
 _NUMBER = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([kKmMgG%]?)$")
 _EXAMPLES = "e.g. 2e6, 1.5M, 300k, 35%"
+# A filter is typed by a person: longer ones are mistakes, and every term deepens the
+# SQL expression (SQLite refuses a tree deeper than 1000).
+MAX_FILTER_CHARS: Final = 1000
+MAX_FILTER_TERMS: Final = 50
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,19 @@ def parse_filter(text: str) -> Filter:
         text: The expression; empty or blank text means no filter.
 
     Raises:
-        FilterError: Naming the first bad term and what was expected.
+        FilterError: Naming the first bad term and what was expected, or an expression
+            longer than MAX_FILTER_CHARS or of more than MAX_FILTER_TERMS terms.
     """
+    if len(text) > MAX_FILTER_CHARS:
+        raise FilterError(
+            f"the filter is {len(text)} characters long; at most {MAX_FILTER_CHARS}"
+        )
     # Allow "err < 40" as well as "err<40".
     compact = re.sub(rf"\s*{_OPERATOR}\s*", r"\1", text.strip())
-    return Filter(tuple(_parse_term(term) for term in compact.split()))
+    terms = compact.split()
+    if len(terms) > MAX_FILTER_TERMS:
+        raise FilterError(f"the filter has {len(terms)} terms; at most {MAX_FILTER_TERMS}")
+    return Filter(tuple(_parse_term(term) for term in terms))
 
 
 def _parse_term(term: str) -> Term:
@@ -123,7 +136,10 @@ def _parse_term(term: str) -> Term:
     suffix = parsed.group(2).lower()
     if suffix == "%" and field not in PERCENT_FIELDS:
         raise FilterError(f"'%' only applies to {', '.join(PERCENT_FIELDS)}, not in {term!r}")
-    return Term(field, op, float(parsed.group(1)) * SUFFIXES[suffix])
+    value = float(parsed.group(1)) * SUFFIXES[suffix]
+    if not math.isfinite(value):
+        raise FilterError(f"number out of range in {term!r} ({_EXAMPLES})")
+    return Term(field, op, value)
 
 
 def _condition(term: Term, steer_to: str | None = None) -> ColumnElement[bool]:

@@ -17,9 +17,12 @@ A running job is never changed by the UI directly: ``request_pause`` and
 concurrent workers and UIs cannot both win. The transitions write the
 activity-log events themselves; workers need not log them again.
 
+``requeue_gone_workers`` takes the jobs of workers known dead (their process on this
+host is gone) the same ways as ``requeue_stale``, without waiting for the timeout.
+
 Functions that are a unit of work of their own (``claim``, ``heartbeat``,
-``requeue_stale``, and the registry in ``storage.workers``) take the ``Database``
-(or an engine) and commit. The others take the caller's ``Session`` and only flush.
+``requeue_stale``, ``requeue_gone_workers``, and the registry in ``storage.workers``)
+take the ``Database`` (or an engine) and commit. The others take the caller's ``Session`` and only flush.
 
 Times that decide liveness (heartbeats, staleness) come from the database
 server on PostgreSQL, so workers on hosts with skewed clocks agree.
@@ -27,6 +30,7 @@ server on PostgreSQL, so workers on hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +52,7 @@ from storage.clock import Executor, db_now, engine_of, now_sql
 from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError, first_line
 from storage.models import (
+    ID_MAX,
     JOB_KINDS,
     Checkpoint,
     Event,
@@ -57,6 +62,7 @@ from storage.models import (
     utcnow,
 )
 from storage.records import get_experiment, get_job, refresh_retrain_states
+from storage.workers import forget_lock, gone_workers
 
 jobs = Job.__table__
 workers = Worker.__table__
@@ -141,9 +147,30 @@ def retrain_jobs_moved(executor: Executor, job_ids: Iterable[int]) -> None:
         [
             params["architecture_id"]
             for _, _, params in moved
-            if isinstance(params, dict) and isinstance(params.get("architecture_id"), int)
+            if isinstance(params, dict) and _is_id(params.get("architecture_id"))
         ],
     )
+
+
+def _non_finite(value: Any, where: str = "params") -> str | None:
+    """Where a JSON-able value holds NaN or an infinity, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}")
+        if found is not None:
+            return found
+    return None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= ID_MAX
 
 
 def orphan_reason(dependency_id: int) -> str:
@@ -200,9 +227,27 @@ def enqueue(
         params: Kind-specific parameters as a JSON-able dict.
         priority: Higher runs first; ties run in enqueue order.
         depends_on: Id of a job that must be done before this one may start.
+
+    Raises:
+        StorageError: An unknown kind, params with NaN or an infinity (JSON has neither),
+            or a retrain job whose ``architecture_id`` is no id. Everything else about
+            the params is the engine's to check (``smash_tui.submit`` before queueing,
+            the worker again before running).
     """
     if kind not in JOB_KINDS:
         raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
+    where = _non_finite(params)
+    if where is not None:
+        # Stored JSON cannot hold it: it would become null and mean "the default".
+        raise StorageError(f"job params hold a number that is not finite at {where}")
+    if kind == "retrain" and "architecture_id" in params:
+        # The browser's retrain state reads it as an integer column of every retrain job.
+        architecture_id = params["architecture_id"]
+        if not _is_id(architecture_id):
+            raise StorageError(
+                f"a retrain job's architecture_id must be an id from 1 to {ID_MAX}, "
+                f"got {architecture_id!r:.60}"
+            )
     get_experiment(session, experiment_id)
     if depends_on is not None:
         get_job(session, depends_on)
@@ -395,63 +440,115 @@ def requeue_stale(
         now = db_now(connection)
         cutoff = now - timedelta(seconds=timeout_s)
         stale_condition = or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < cutoff)
-        stale = connection.execute(
-            select(
-                jobs.c.id,
-                jobs.c.experiment_id,
-                jobs.c.worker_id,
-                jobs.c.heartbeat_at,
-                jobs.c.requested,
-                jobs.c.workers_lost,
-            ).where(jobs.c.state == "running", stale_condition)
-        ).all()
-        taken: list[int] = []
-        for job_id, experiment_id, worker_id, heartbeat_at, requested, lost in stale:
-            lost += 1
-            again = "failed" if lost >= max_lost else "queued"
-            state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", again)
-            values: dict[str, Any] = {
-                "state": state,
-                "worker_id": None,
-                "requested": None,
-                "workers_lost": lost,
-            }
-            if state in ("cancelled", "failed"):
-                values["finished_at"] = now
-            if state == "failed":
-                values["eta_seconds"] = None
-                values["error"] = (
-                    f"its worker stopped responding {lost} times while running it "
-                    "(killed, out of memory or crashed?); see the worker logs"
-                )
-            # Re-check staleness in the UPDATE: a heartbeat that lands in between wins.
-            result = connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.state == "running", stale_condition)
-                .where(jobs.c.worker_id == worker_id)
-                .values(**values)
-            )
-            if result.rowcount != 1:
-                continue
-            taken.append(job_id)
-            _release_worker(connection, job_id)
-            retrain_jobs_moved(connection, [job_id])
+
+        def why(worker_id: str | None, heartbeat_at: Any) -> str:
             silent = (
                 "ever"
                 if heartbeat_at is None
                 else f"for {(now - heartbeat_at).total_seconds():.0f} s"
             )
-            outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
-            log_event(
-                connection,
-                job_id,
-                experiment_id,
-                f"job {job_id} {outcome.get(state, state)}: "
-                f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)",
-                "error" if state == "failed" else "warning",
+            return f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)"
+
+        # Re-checked in each UPDATE: a heartbeat that lands in between wins.
+        return _take_from_lost_workers(connection, now, stale_condition, why, max_lost)
+
+
+def requeue_gone_workers(db: Database, max_lost: int = MAX_WORKERS_LOST) -> list[int]:
+    """Record the stop of this host's workers whose process is gone, and requeue their jobs now.
+
+    A worker killed outright (``kill -9``, out of memory) records no stop; on its own
+    host that is known at once (``storage.workers.gone_workers``), without waiting for
+    its heartbeat to go stale. Its running jobs take the same way as in
+    ``requeue_stale``, and count as having lost a worker.
+
+    Returns:
+        Ids of the jobs taken away from the gone workers.
+    """
+    gone = [info.id for info in gone_workers(db)]
+    if not gone:
+        return []
+    with db.engine.begin() as connection:
+        now = db_now(connection)
+        connection.execute(
+            update(workers)
+            .where(workers.c.id.in_(gone), workers.c.stopped_at.is_(None))
+            .values(stopped_at=now, current_job_id=None)
+        )
+
+        def why(worker_id: str | None, _heartbeat_at: Any) -> str:
+            return f"worker {worker_id} is gone (its process ended without stopping)"
+
+        taken = _take_from_lost_workers(
+            connection, now, jobs.c.worker_id.in_(gone), why, max_lost
+        )
+    for worker_id in gone:
+        forget_lock(db, worker_id)
+    return taken
+
+
+def _take_from_lost_workers(
+    connection: Connection,
+    now: Any,
+    lost_condition: Any,
+    why: Any,
+    max_lost: int,
+) -> list[int]:
+    """Take running jobs matching ``lost_condition`` from their worker: the one transition.
+
+    Each becomes queued again, or paused or cancelled when that was asked for, or failed
+    once it has lost ``max_lost`` workers. ``why(worker_id, heartbeat_at)`` says in the
+    activity log what was lost.
+    """
+    lost_jobs = connection.execute(
+        select(
+            jobs.c.id,
+            jobs.c.experiment_id,
+            jobs.c.worker_id,
+            jobs.c.heartbeat_at,
+            jobs.c.requested,
+            jobs.c.workers_lost,
+        ).where(jobs.c.state == "running", lost_condition)
+    ).all()
+    taken: list[int] = []
+    for job_id, experiment_id, worker_id, heartbeat_at, requested, lost in lost_jobs:
+        lost += 1
+        again = "failed" if lost >= max_lost else "queued"
+        state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", again)
+        values: dict[str, Any] = {
+            "state": state,
+            "worker_id": None,
+            "requested": None,
+            "workers_lost": lost,
+        }
+        if state in ("cancelled", "failed"):
+            values["finished_at"] = now
+        if state == "failed":
+            values["eta_seconds"] = None
+            values["error"] = (
+                f"its worker stopped responding {lost} times while running it "
+                "(killed, out of memory or crashed?); see the worker logs"
             )
-        if taken:
-            cancel_orphans(connection)
+        result = connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state == "running", lost_condition)
+            .where(jobs.c.worker_id == worker_id)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            continue
+        taken.append(job_id)
+        _release_worker(connection, job_id)
+        retrain_jobs_moved(connection, [job_id])
+        outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
+        log_event(
+            connection,
+            job_id,
+            experiment_id,
+            f"job {job_id} {outcome.get(state, state)}: {why(worker_id, heartbeat_at)}",
+            "error" if state == "failed" else "warning",
+        )
+    if taken:
+        cancel_orphans(connection)
     return taken
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Table, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Table, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -558,7 +558,12 @@ def refresh_retrain_states(
     ids = sorted({int(ident) for ident in architecture_ids})
     if not ids:
         return
-    retrained = Job.params["architecture_id"].as_integer()
+    retrained: Any = Job.params["architecture_id"].as_integer()
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    if bind.dialect.name == "sqlite":
+        # SQLite stores JSON as text, which something other than smash may have broken
+        # (NaN is no JSON): one such job must not stop every retrain from being recorded.
+        retrained = case((func.json_valid(Job.params) == 1, retrained))
     job_states: dict[int, list[tuple[int, str]]] = {ident: [] for ident in ids}
     for chunk in _chunks(ids):
         query = select(retrained, Job.id, Job.state).where(

@@ -2,17 +2,35 @@
 
 A worker registers when it starts, sends a heartbeat every few seconds (even while
 idle) and records its stop; the UI and ``smash info`` list the alive ones.
+
+A worker killed outright (``kill -9``, out of memory) records no stop, and its
+heartbeat only goes stale after a timeout. On its own host it is known dead at once:
+a running worker holds an exclusive lock on a file of its own under the database's
+files folder (``workers/<id>.lock``), and the kernel releases the lock when the
+process ends, however it ends. A lock file that anyone can lock belongs to a worker
+that is gone (``gone_workers``). The lock, not the pid, is the test: a pid is reused
+by later processes, and a process with the same host name may live in another PID
+namespace (a container), where this host cannot see it. A worker whose lock file is
+missing (another host, or another files folder) is judged by its heartbeat alone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
 
 from sqlalchemy import Engine, insert, select, update
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock files; the heartbeat timeout decides there
+    fcntl = None  # type: ignore[assignment]
 
 from storage.clock import db_now, engine_of, now_sql
 from storage.db import Database
@@ -85,21 +103,120 @@ def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
         raise NotFoundError(f"no worker with id {worker_id}")
 
 
+_INFO_COLUMNS = (
+    workers.c.id,
+    workers.c.host,
+    workers.c.pid,
+    workers.c.device,
+    workers.c.started_at,
+    workers.c.heartbeat_at,
+    workers.c.current_job_id,
+)
+
+
 def alive_workers(engine_or_db: Engine | Database, within_s: float) -> list[WorkerInfo]:
-    """Workers that have not stopped and sent a heartbeat in the last ``within_s`` seconds."""
+    """Workers that have not stopped and sent a heartbeat in the last ``within_s`` seconds.
+
+    Given the ``Database``, workers of this host whose process is gone (see
+    ``gone_workers``) are not counted, however recent their last heartbeat.
+    """
     with engine_of(engine_or_db).connect() as connection:
         cutoff = db_now(connection) - timedelta(seconds=within_s)
         rows = connection.execute(
-            select(
-                workers.c.id,
-                workers.c.host,
-                workers.c.pid,
-                workers.c.device,
-                workers.c.started_at,
-                workers.c.heartbeat_at,
-                workers.c.current_job_id,
-            )
+            select(*_INFO_COLUMNS)
             .where(workers.c.stopped_at.is_(None), workers.c.heartbeat_at >= cutoff)
             .order_by(workers.c.started_at, workers.c.id)
         ).all()
-    return [WorkerInfo(*row) for row in rows]
+    found = [WorkerInfo(*row) for row in rows]
+    if isinstance(engine_or_db, Database):
+        gone = {info.id for info in found if _gone_here(engine_or_db, info)}
+        found = [info for info in found if info.id not in gone]
+    return found
+
+
+# --- liveness on this host -------------------------------------------------------------------
+
+
+class WorkerLock:
+    """The lock a running worker holds on its lock file until it stops or dies."""
+
+    def __init__(self, path: Path, handle: IO[str]) -> None:
+        self.path = path
+        self._handle = handle
+
+    def release(self) -> None:
+        """Remove the lock file and let the lock go (a clean stop)."""
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self._handle.close()
+
+
+def lock_path(db: Database, worker_id: str) -> Path:
+    """The lock file of a worker under the database's files folder."""
+    return db.files_dir / "workers" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', worker_id)}.lock"
+
+
+def hold_worker_lock(db: Database, worker_id: str) -> WorkerLock | None:
+    """Take the lock that tells other processes on this host that the worker lives.
+
+    Returns:
+        The held lock, or None where there can be none (no ``fcntl``, a files folder
+        that cannot be written): the worker is then judged by its heartbeat alone.
+    """
+    if fcntl is None:
+        return None
+    path = lock_path(db, worker_id)
+    staging = path.with_name(path.name + ".new")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(staging, "w", encoding="utf-8")  # noqa: SIM115 - held until release
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        # Renamed into place already locked: no one can find the file unlocked and
+        # take a worker that is only starting for a dead one.
+        os.replace(staging, path)
+    except OSError:
+        handle.close()
+        staging.unlink(missing_ok=True)
+        return None
+    return WorkerLock(path, handle)
+
+
+def _gone_here(db: Database, info: WorkerInfo) -> bool:
+    """True when the worker ran on this host and its process has ended, however it ended."""
+    if fcntl is None or info.host != socket.gethostname():
+        return False
+    try:
+        handle = open(lock_path(db, info.id), encoding="utf-8")  # never creates it
+    except OSError:
+        return False  # no lock file: nothing is known here; the heartbeat decides
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: the worker lives
+        return True  # nobody held it: its holder is gone (the lock goes with the handle)
+
+
+def gone_workers(db: Database) -> list[WorkerInfo]:
+    """Workers of this host not recorded as stopped whose process has ended (e.g. ``kill -9``)."""
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            select(*_INFO_COLUMNS)
+            .where(workers.c.stopped_at.is_(None), workers.c.host == socket.gethostname())
+            .order_by(workers.c.started_at, workers.c.id)
+        ).all()
+    return [info for info in (WorkerInfo(*row) for row in rows) if _gone_here(db, info)]
+
+
+def forget_lock(db: Database, worker_id: str) -> None:
+    """Remove the lock file a dead worker left behind (its stop is recorded)."""
+    try:
+        lock_path(db, worker_id).unlink(missing_ok=True)
+    except OSError:
+        pass

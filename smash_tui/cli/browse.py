@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from engine.config import INT_MAX
 from smash_tui.cli.common import (
     DbOption,
     ExperimentOption,
@@ -80,7 +81,9 @@ def ls(
             help='Filter terms that must all hold, e.g. "err<35 params<2e6 depth>=10".',
         ),
     ] = "",
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Rows to show.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=INT_MAX, help="Rows to show.")
+    ] = 20,
     json_: JsonOption = False,
     db: DbOption = None,
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from engine.arch import InvalidArchitecture
@@ -32,8 +33,15 @@ from engine.errors import (
 from engine.params import parse_id as engine_parse_id
 from engine.space import InvalidSearchSpace
 from smash_tui.errors import AppCrashed
+from smash_tui.runner.config import MAX_THREADS, WorkerConfig
 from storage.db import Database, open_database
-from storage.errors import FilterError, NotFoundError, StorageError, first_line
+from storage.errors import (
+    DatabaseURLError,
+    FilterError,
+    NotFoundError,
+    StorageError,
+    first_line,
+)
 from storage.models import Experiment, Job
 from storage.queries import list_experiments
 from storage.records import find_experiment, get_experiment
@@ -55,7 +63,9 @@ DeviceOption = Annotated[
 ]
 ThreadsOption = Annotated[
     int | None,
-    typer.Option("--threads", min=1, help="Torch CPU threads [default: torch's choice]."),
+    typer.Option(
+        "--threads", min=1, max=MAX_THREADS, help="Torch CPU threads [default: torch's choice]."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ExperimentOption = Annotated[
@@ -103,14 +113,28 @@ def error_code(exc: BaseException) -> int | None:
         return exc.code
     if isinstance(exc, AppCrashed):
         return EXIT_FAILURE
-    if isinstance(exc, FilterError):
+    if isinstance(exc, (FilterError, DatabaseURLError)):
         return EXIT_USAGE
-    if isinstance(exc, StorageError):
+    if isinstance(exc, (StorageError, DBAPIError, OSError)):
         return EXIT_FAILURE
     for error_type, code in _ENGINE_ERRORS:
         if isinstance(exc, error_type):
             return code
     return None
+
+
+def error_message(exc: BaseException) -> str:
+    """The one line shown for an error meant for the user.
+
+    A database error shows the driver's reason only: SQLAlchemy's own message goes on
+    with the SQL statement and its parameters, which are no business of the user.
+    """
+    if isinstance(exc, DBAPIError):
+        return f"database error: {first_line(exc.orig)}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return first_line(exc)
 
 
 def print_error(message: str) -> None:
@@ -141,7 +165,7 @@ def command(function: _F) -> _F:
                 )
                 raise typer.Exit(EXIT_FAILURE) from None
             prefix = "the app crashed: " if isinstance(exc, AppCrashed) else ""
-            print_error(prefix + first_line(exc))
+            print_error(prefix + error_message(exc))
             raise typer.Exit(code) from None
         finally:
             _close_databases()
@@ -188,14 +212,15 @@ def resolve_experiment(session: Session, value: str | None) -> Experiment:
 
     Raises:
         NotFoundError: No such experiment, or none at all.
+        ConfigError: An id that is not one (non-ASCII digits, out of range).
     """
     if value is None:
         experiments = list_experiments(session)
         if not experiments:
             raise NotFoundError("no experiments yet: start one with `smash search` or `smash demo`")
         return experiments[0]
-    if value.strip().isdigit():
-        return get_experiment(session, int(value))
+    if value.strip().isdigit():  # '²' and '٣' too: refused as ids, not looked up as names
+        return get_experiment(session, engine_parse_id(value, "experiment"))
     return find_experiment(session, value)
 
 
@@ -204,8 +229,10 @@ def parse_id(value: str, noun: str) -> int:
     return engine_parse_id(value, noun)
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this machine lacks before anything is queued (loads torch)."""
+def check_device(device: str, threads: int | None = None) -> None:
+    """Refuse a device this machine lacks, or worker settings that cannot work, before
+    anything is queued (loads torch, after every torch-free check)."""
+    WorkerConfig(device=device, threads=threads)
     from engine.device import resolve_device
 
     resolve_device(device)
@@ -235,7 +262,6 @@ def run_foreground(
         typer.Exit: 130 when interrupted.
     """
     from smash_tui.cli.render import JobProgress
-    from smash_tui.runner.config import WorkerConfig
     from smash_tui.runner.worker import Worker
 
     config = WorkerConfig(device=device, threads=threads, job_ids=tuple(job_ids), poll_s=1.0)

@@ -10,6 +10,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.config import INT_MAX
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
@@ -43,7 +44,9 @@ def jobs(
         str | None,
         typer.Option(help=f"Only jobs in these states, comma-separated: {','.join(JOB_STATES)}."),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest jobs to show.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=INT_MAX, help="Newest jobs to show.")
+    ] = 50,
     json_: JsonOption = False,
     db: DbOption = None,
 ) -> None:
@@ -51,6 +54,8 @@ def jobs(
     states = None
     if state is not None:
         states = tuple(part.strip() for part in state.split(",") if part.strip())
+        if not states:
+            fail(f"--state names no state (any of {', '.join(JOB_STATES)})", EXIT_USAGE)
         unknown = sorted(set(states) - set(JOB_STATES))
         if unknown:
             fail(

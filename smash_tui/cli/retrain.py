@@ -13,7 +13,7 @@ import typer
 from sqlalchemy import select
 
 from engine.config import RetrainConfig, ScoreConfig
-from engine.params import config_from_dict, parse_id, plan_retrain
+from engine.params import check_int, config_from_dict, parse_id, plan_retrain
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
@@ -58,7 +58,7 @@ def retrain(
     architecture_id = parse_id(architecture, "architecture")
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     plan_retrain(settings)
-    check_device(device)
+    check_device(device, threads)
     database = open_db(db)
     with database.session() as session:
         job_id = queue_retrain(session, architecture_id, settings).id
@@ -124,13 +124,13 @@ def score(
     """
     if bool(architectures) == (top is not None):
         fail("give architecture ids or --top N (one of the two)", EXIT_USAGE)
-    if top is not None and top < 1:
-        fail(f"--top must be at least 1, got {top}", EXIT_USAGE)
+    if top is not None:
+        check_int(top, "--top", low=1)
     ids = [parse_id(part, "architecture") for text in architectures or [] for part in text.split(",") if part.strip()]
     checkpoint_id = None if checkpoint is None else parse_id(checkpoint, "checkpoint")
     settings = {"z_draws": z_draws, "bn_recalibration_batches": bn_recalibration, "images": score_images, "seed": seed}
     config_from_dict(ScoreConfig, settings, "score")
-    check_device(device)
+    check_device(device, threads)
     database = open_db(db)
     with database.session() as session:
         if top is not None:

@@ -24,6 +24,7 @@ from engine.params import (
     DEMO_SEARCH,
     DEMO_TOP,
     SearchRequest,
+    check_int,
     config_to_dict,
     plan_retrain,
     plan_search,
@@ -158,7 +159,7 @@ def search(
     request = SearchRequest(**{field.name: given[field.name] for field in dataclasses.fields(SearchRequest)})
     # Settings first: a usage error needs neither the database nor the data set.
     plan_search(request)
-    check_device(device)
+    check_device(device, threads)
     database = open_db(db)
     err = stderr()
     created = create_search(database, request)
@@ -227,11 +228,10 @@ def demo(
         synthetic_train=synthetic_train, synthetic_test=synthetic_test, name=name,
     )  # fmt: skip
     retrain = dataclasses.replace(DEMO_RETRAIN, epochs=retrain_epochs, batch_size=retrain_batch_size, seed=seed)
-    if top < 1:
-        fail(f"--top must be at least 1, got {top}", EXIT_USAGE)
+    check_int(top, "--top", low=1)
     plan_search(request)
     plan_retrain(config_to_dict(retrain))
-    check_device(device)
+    check_device(device, threads)
     shape = dataset_shape(request)
     database = open_db(db)
     err = stderr()

@@ -20,9 +20,9 @@ from storage.workers import alive_workers
 @command
 def info(json_: JsonOption = False, db: DbOption = None) -> None:
     """Print the version, paths, database URL (password hidden), device and alive workers."""
+    url = resolve_url(db)  # a malformed --db is refused before torch loads
     from engine.device import device_report
 
-    url = resolve_url(db)
     report: dict[str, Any] = {
         "version": __version__,
         "data_dir": str(data_dir()),

@@ -9,7 +9,10 @@ import typer
 from rich.console import Console
 
 from smash_tui.cli.common import DbOption, DeviceOption, ThreadsOption, command, open_db
+from smash_tui.cli.render import plural
 from smash_tui.runner.config import WorkerConfig
+from storage.db import Database
+from storage.queries import list_jobs
 
 WORKER = WorkerConfig()
 
@@ -17,8 +20,7 @@ WORKER = WorkerConfig()
 def _kinds(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
-    kinds = tuple(part.strip() for part in value.split(",") if part.strip())
-    return kinds or None
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 @command
@@ -38,9 +40,7 @@ def worker(
     db: DbOption = None,
 ) -> None:
     """Claim queued jobs and run them until stopped (SIGTERM or Ctrl-C requeues the current one)."""
-    from smash_tui.cli.render import JobProgress
-    from smash_tui.runner.worker import Worker
-
+    # Settings first: a bad option is refused before torch loads or the database opens.
     config = WorkerConfig(
         device=device,
         kinds=_kinds(kinds),
@@ -51,6 +51,9 @@ def worker(
         threads=threads,
     )
     database = open_db(db)
+    from smash_tui.cli.render import JobProgress
+    from smash_tui.runner.worker import Worker
+
     interactive = sys.stderr.isatty()
     console = Console(stderr=True)
     progress = JobProgress(console) if interactive else None
@@ -66,4 +69,21 @@ def worker(
         restore()
     if interactive:
         console.print(f"[dim]worker log: {runner.log_path}[/dim]")
+    if once and runner.jobs_run == 0 and code == 0:
+        typer.echo(_nothing_to_do(database), err=True)
     raise typer.Exit(code)
+
+
+def _nothing_to_do(database: Database) -> str:
+    """One line for a ``--once`` worker that found no job: what the queue holds instead."""
+    with database.session() as session:
+        states = [job.state for job in list_jobs(session, states=("queued", "running"))]
+    queued, running = states.count("queued"), states.count("running")
+    if not queued:
+        elsewhere = f" ({plural(running, 'job')} running on other workers)" if running else ""
+        return f"nothing to do: no job is queued{elsewhere}"
+    verb, be = ("waits", "is") if queued == 1 else ("wait", "are")
+    return (
+        f"nothing to do: {plural(queued, 'queued job')} {verb} for another job to finish "
+        f"or {be} of a kind this worker does not take"
+    )

@@ -22,6 +22,7 @@ from engine.params import (
     ScoreParams,
     SearchParams,
     TrainParams,
+    best_full_error,
     score_method,
 )
 from engine.score import Score
@@ -106,6 +107,8 @@ def search(
             f"resuming search: {len(known)} architectures already scored against "
             f"checkpoint {saved.id} are not scored again"
         )
+    # The best of a resumed search includes what it scored before it stopped.
+    context.best_error = best_full_error((s.method, s.error) for s in known.values())
     finished = run_search_job(
         spec,
         params,

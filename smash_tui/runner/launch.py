@@ -97,6 +97,10 @@ def ensure_worker(
 ) -> LaunchedWorker | None:
     """Launch a worker unless one is alive for ``db``.
 
+    A worker of this host whose process is gone (``kill -9``) does not count, however
+    recent its last heartbeat (``storage.workers.alive_workers``); the launched worker
+    requeues its jobs as it starts.
+
     Returns:
         The launched worker, or None when one was already alive.
     """

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from engine.jobs import ScoredArchitecture
+from engine.params import best_full_error
 from storage import queue, records
 from storage.models import Job
 from storage.records import ArchitectureIn, MetricIn, ScoreIn
@@ -36,6 +37,7 @@ class JobContext:
         self.checkpoint_id: int | None = None  # HyperNet checkpoint scores are recorded against
         self.retrain_id: int | None = None  # the retrain row of a retrain job
         self.scored_count = 0
+        # Lowest full error of the job's scores, those known before it resumed included.
         self.best_error = math.inf
         self._lock = threading.Lock()
         self._progress: tuple[float, str, float | None] | None = None
@@ -137,7 +139,9 @@ class JobContext:
             )
             session.commit()
         self.scored_count += len(results)
-        self.best_error = min([self.best_error, *(item.error for item in results)])
+        self.best_error = min(
+            self.best_error, best_full_error((item.method, item.error) for item in results)
+        )
         log.info("job %d: committed %d scored architectures", self.job_id, len(results))
 
     def should_stop(self) -> bool:

@@ -108,6 +108,8 @@ class Worker:
         self._heartbeat_kick = threading.Event()
         self._current: JobContext | None = None
         self._device: torch.device | None = None
+        self._lock: workers.WorkerLock | None = None
+        self.jobs_run = 0  # jobs claimed by this worker (``smash worker --once`` reports none)
 
     # --- control ---
 
@@ -170,6 +172,8 @@ class Worker:
         if self.config.threads is not None:
             set_threads(self.config.threads)
         self.worker_id = workers.register_worker(self.db, device=str(self._device))
+        # Held until the process ends: other processes on this host then know at once.
+        self._lock = workers.hold_worker_lock(self.db, self.worker_id)
         handler = self._open_log()
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="smash-heartbeat", daemon=True
@@ -183,12 +187,13 @@ class Worker:
         )
         heartbeat.start()
         try:
-            queue.requeue_stale(self.db, self.config.stale_after_s)
+            self._take_from_lost_workers()
             while not self.stopping:
                 job_id = queue.claim(
                     self.db, self.worker_id, kinds=self.config.kinds, job_ids=self.config.job_ids
                 )
                 if job_id is not None:
+                    self.jobs_run += 1
                     self._run_job(job_id)
                     continue
                 if self._nothing_left():
@@ -203,10 +208,27 @@ class Worker:
                 workers.stop_worker(self.db, self.worker_id)
             except StorageError:
                 log.warning("could not record the worker's stop", exc_info=True)
+            if self._lock is not None:
+                self._lock.release()
             log.info("worker %s stopped", self.worker_id)
             logging.getLogger("smash").removeHandler(handler)
             handler.close()
         return 130 if self.interrupted else 0
+
+    def _take_from_lost_workers(self) -> None:
+        """Requeue the jobs of workers that are gone: at once for this host's, else once stale."""
+        for job_id in queue.requeue_gone_workers(self.db):
+            log.warning(
+                "took job %d from a worker of this host whose process is gone "
+                "(its events say whether it was requeued or failed)",
+                job_id,
+            )
+        for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
+            log.warning(
+                "took job %d from a worker that stopped sending heartbeats "
+                "(its events say whether it was requeued or failed)",
+                job_id,
+            )
 
     def _open_log(self) -> logging.Handler:
         assert self.worker_id is not None
@@ -276,12 +298,7 @@ class Worker:
                         context.apply(control)
                 if time.monotonic() - last_stale_check >= stale_every:
                     last_stale_check = time.monotonic()
-                    for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
-                        log.warning(
-                            "took job %d from a worker that stopped sending heartbeats "
-                            "(its events say whether it was requeued or failed)",
-                            job_id,
-                        )
+                    self._take_from_lost_workers()
             except Exception:  # noqa: BLE001 - a busy database must not kill the heartbeat
                 log.warning("heartbeat failed", exc_info=True)
 
@@ -393,7 +410,7 @@ class Worker:
                     records.fail_retrain(session, context.retrain_id)
                 queue.fail(session, context.job_id, message, worker_id=self.worker_id)
                 session.commit()
-        except (JobStateError, StorageError) as error:
+        except Exception as error:  # noqa: BLE001 - a worker must outlive a job it cannot record
             log.warning("job %d: could not record its failure: %s", context.job_id, error)
         self.notify("job_ended", context.job_id, "failed", message)
 

@@ -18,7 +18,7 @@ from smash_tui.submit import queue_retrain, queue_score
 from smash_tui.tui.forms import RetrainSettings, ScoreSettings
 from smash_tui.tui.stats import Correlation, correlation, pareto_front
 from storage.control import request_cancel, request_pause, resume, retry
-from storage.db import Database, open_database
+from storage.db import Database, one_line_errors, open_database
 from storage.errors import StorageError
 from storage.queries import (
     ArchitectureDetail,
@@ -191,7 +191,7 @@ class Store:
         limit: int,
     ) -> ArchitecturePage:
         """One page of the architecture browser (see ``storage.queries.list_architectures``)."""
-        with self.db.session() as session:
+        with self.db.session() as session, one_line_errors():
             return list_architectures(
                 session,
                 experiment_id,
@@ -204,7 +204,7 @@ class Store:
 
     def count(self, experiment_id: int, filter: Filter | None) -> int:
         """How many of the experiment's architectures match the filter."""
-        with self.db.session() as session:
+        with self.db.session() as session, one_line_errors():
             return count_architectures(session, experiment_id, filter=filter)
 
     def detail(self, architecture_id: int) -> ArchitectureDetail:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -16,11 +17,13 @@ from sqlalchemy import func, select
 from engine.params import SearchRequest
 from engine.space import PRESETS
 from smash_tui.cli.search import create_search
+from smash_tui.runner.launch import ALIVE_WITHIN_S
 from smash_tui.runner.worker import Worker, WorkerConfig
 from smash_tui.submit import queue_retrain, queue_score
 from storage.db import Database, normalize_url, open_database
 from storage.models import Architecture, Checkpoint, Event, Job, Metric, Retrain, Score
 from storage.queue import enqueue
+from storage.workers import alive_workers
 from tests.cli.support import (
     retrain_args,
     retrain_experiment,
@@ -362,3 +365,75 @@ def test_ctrl_c_in_the_foreground_checkpoints_requeues_and_exits_130(tmp_path: P
         retrain = session.scalars(select(Retrain)).one()
         assert retrain.finished_at is None and len(retrain.curve) == 0
         assert session.get(Architecture, archs[0]).retrain_state == "queued"
+
+
+def test_a_worker_killed_outright_leaves_no_job_stranded(tmp_path: Path) -> None:
+    """kill -9: its job goes to the next worker at once, not after the heartbeat timeout.
+
+    Its heartbeat is fresh (``ALIVE_WITHIN_S``, and 60 s before any job of it is stale),
+    yet ``--detach`` launches a worker instead of trusting the dead one, and
+    ``smash worker --once`` takes its job instead of exiting without a word.
+    """
+    url = normalize_url(str(tmp_path / "smash.db"))
+    with _opened(url) as db:
+        _, archs = retrain_experiment(db, 3)
+        with db.session() as session:
+            stranded = queue_retrain(session, archs[0], {"epochs": 2, "batch_size": 25}).id
+            session.commit()
+    checkpoint = tmp_path / f"smash-files/checkpoints/experiment-1/retrain-{stranded}.pt"
+    # 1. A worker dies outright after the first epoch's checkpoint.
+    worker = start_worker(url, tmp_path / "killed.out", "--stale-after", "60")
+    try:
+        wait_for(checkpoint.is_file, 120, "the first epoch's checkpoint", every=0.02)
+        worker.kill()
+        worker.wait()
+    finally:
+        stop(worker)
+    killed_at = time.monotonic()
+    assert _job(url, stranded).state == "running"
+
+    # 2. --detach does not count the dead worker: it launches one, which takes both jobs.
+    queued = smash(url, *retrain_args(archs[1], 1, "--detach", "--json", "--device", "cpu", "--threads", "1"))
+    assert queued.exit_code == 0, queued.stderr
+    assert "launched a background worker" in queued.stderr
+    launched = json.loads(queued.stdout)
+    pid = launched["worker_pid"]
+    try:
+        wait_for(
+            lambda: {_job(url, stranded).state, _job(url, launched["job_id"]).state} == {"done"},
+            120,
+            "both jobs to finish",
+        )
+        assert time.monotonic() - killed_at < 60  # sooner than any heartbeat timeout
+        job = _job(url, stranded)
+        assert (job.attempts, job.workers_lost) == (2, 1)
+        assert any(
+            message.startswith(f"job {stranded} requeued: worker ")
+            and message.endswith(" is gone (its process ended without stopping)")
+            for message in _events(url, stranded)
+        )
+        assert "resuming the retrain from its checkpoint" in _events(url, stranded)
+
+        # 3. The launched worker dies outright too, running a third job; `--once` takes it.
+        with _opened(url) as db, db.session() as session:
+            third = queue_retrain(session, archs[2], {"epochs": 1, "batch_size": 25}).id
+            session.commit()
+        wait_for(lambda: _job(url, third).state == "running", 60, "the third job to start")
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pid = None
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    once = smash(url, "worker", "--once", "--device", "cpu", "--threads", "1")
+    assert once.exit_code == 0, once.stderr
+    job = _job(url, third)
+    assert (job.state, job.attempts, job.workers_lost) == ("done", 2, 1)
+    with _opened(url) as db:
+        assert alive_workers(db, ALIVE_WITHIN_S) == []  # the dead are recorded as stopped
+
+    # 4. Nothing left: --once says so in one line instead of exiting without a word.
+    idle = smash(url, "worker", "--once", "--device", "cpu")
+    assert idle.exit_code == 0
+    assert idle.stderr.strip() == "nothing to do: no job is queued"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from storage.db import Database, data_dir, normalize_url, open_database, redact_url, resolve_url
-from storage.errors import StorageError
+from storage.errors import DatabaseURLError, StorageError
 
 PG = "postgresql+psycopg://smash:s3cret@db.example:5432/runs"
 
@@ -16,10 +16,14 @@ def test_resolve_url_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     home = tmp_path / "home"
     monkeypatch.setenv("SMASH_HOME", str(home))
     assert resolve_url(None) == f"sqlite:///{home / 'smash.db'}"
+    monkeypatch.setenv("SMASH_DB", "  ")  # an empty variable counts as unset
+    assert resolve_url(None) == f"sqlite:///{home / 'smash.db'}"
     monkeypatch.setenv("SMASH_DB", str(tmp_path / "env.db"))
     assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
-    assert resolve_url("  ") == f"sqlite:///{tmp_path / 'env.db'}"
     assert resolve_url(str(tmp_path / "flag.db")) == f"sqlite:///{tmp_path / 'flag.db'}"
+    # An empty --db is a mistake (an unset shell variable), not "the default database".
+    with pytest.raises(DatabaseURLError, match="^--db is empty"):
+        resolve_url("  ")
 
 
 def test_default_data_dir_without_smash_home(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,6 +69,7 @@ def test_redaction() -> None:
 
 def test_files_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMASH_HOME", str(tmp_path / "home"))
+    (tmp_path / "runs").mkdir()
     with open_database(str(tmp_path / "runs" / "cifar.db")) as db:
         assert db.files_dir == tmp_path / "runs" / "cifar-files"
         assert not db.files_dir.exists()
@@ -87,10 +92,24 @@ def test_unreachable_server_is_one_line() -> None:
     assert "\n" not in message and "hunter2" not in message
 
 
-def test_unusable_folder_is_one_line(tmp_path: Path) -> None:
+def test_unusable_folder_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(
-        StorageError, match=f"^cannot create the folder of {blocker}/sub/smash.db: "
+        StorageError,
+        match=f"^cannot open database {blocker}/smash.db: its folder {blocker} is not a folder$",
     ):
-        open_database(str(blocker / "sub" / "smash.db"))
+        open_database(str(blocker / "smash.db"))
+    # The default location's folder is created; a mistyped path makes no folders.
+    monkeypatch.setenv("SMASH_HOME", str(blocker / "home"))
+    with pytest.raises(StorageError, match=f"^cannot create the folder of {blocker}/home/smash.db: "):
+        open_database(None)
+    missing = tmp_path / "typo" / "sub" / "smash.db"
+    with pytest.raises(
+        StorageError, match=f"^cannot open database {missing}: its folder {missing.parent} does not exist$"
+    ):
+        open_database(str(missing))
+    assert not (tmp_path / "typo").exists()
+    monkeypatch.setenv("SMASH_HOME", str(tmp_path / "new" / "home"))
+    open_database(None).dispose()
+    assert (tmp_path / "new" / "home" / "smash.db").is_file()

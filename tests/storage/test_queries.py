@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from storage.db import Database
+from storage.db import Database, one_line_errors
 from storage.errors import FilterError, NotFoundError, StorageError
 from storage.queries import (
     FIELDS,
@@ -77,6 +77,10 @@ def test_parse_filter_accepts(text: str, terms: tuple[Term, ...]) -> None:
         ("err=>3", "one operator per term in 'err=>3'"),
         ("err<40 params<abc", "bad number 'abc' in 'params<abc'"),
         ("err<nan", "bad number 'nan'"),
+        ("err<1e400", "number out of range in 'err<1e400'"),
+        ("params<1e306G", "number out of range in 'params<1e306G'"),
+        ("err<1 " * 1200, "the filter is 7200 characters long; at most 1000"),
+        (" ".join(["id>1"] * 51), "the filter has 51 terms; at most 50"),
     ],
 )
 def test_parse_filter_rejects_with_one_line(text: str, message: str) -> None:
@@ -271,3 +275,19 @@ def test_architecture_detail(db: Database, experiment_id: int) -> None:
     assert [(s.err, s.method, s.checkpoint_id) for s in detail.scores] == [(33.0, "racing", None)]
     (info,) = detail.retrains
     assert (info.test_acc, info.curve, info.finished_at is not None) == (74.0, tuple(curve), True)
+
+
+def test_a_database_error_reaches_the_app_as_one_line_without_sql(
+    db: Database, experiment_id: int
+) -> None:
+    # parse_filter refuses this many terms; built by hand, SQLite refuses the expression
+    # ("too large"), and SQLAlchemy's message would go on with the SQL and its parameters.
+    if db.dialect != "sqlite":
+        pytest.skip("PostgreSQL takes an expression this deep")
+    deep = Filter(tuple(Term("err", "<", float(i)) for i in range(1200)))
+    with db.session() as session, pytest.raises(StorageError) as raised:
+        with one_line_errors():
+            list_architectures(session, experiment_id, filter=deep)
+    assert str(raised.value) == (
+        "database error: Expression tree is too large (maximum depth 1000)"
+    )

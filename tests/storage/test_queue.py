@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import multiprocessing
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from sqlalchemy import func, select, update
 from storage.control import request_cancel, request_pause, resume, retry
 from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError
-from storage.models import Event, Job, utcnow
+from storage.models import Event, Job, Worker, utcnow
 from storage.queue import (
     MAX_WORKERS_LOST,
     claim,
@@ -26,6 +27,7 @@ from storage.queue import (
     mark_cancelled,
     mark_paused,
     requeue,
+    requeue_gone_workers,
     requeue_stale,
 )
 from storage.records import (
@@ -36,7 +38,14 @@ from storage.records import (
     get_retrain,
     start_retrain,
 )
-from storage.workers import alive_workers, register_worker, stop_worker, worker_heartbeat
+from storage.workers import (
+    alive_workers,
+    hold_worker_lock,
+    lock_path,
+    register_worker,
+    stop_worker,
+    worker_heartbeat,
+)
 
 
 def _enqueue(db: Database, experiment_id: int, kind: str = "train", **kwargs: object) -> int:
@@ -99,6 +108,15 @@ def test_enqueue_validates(db: Database, experiment_id: int) -> None:
             enqueue(session, 999, "train", {})
         with pytest.raises(NotFoundError, match="no job with id 999"):
             enqueue(session, experiment_id, "search", {}, depends_on=999)
+        # JSON has no NaN: stored, it would turn into null, which means "the default".
+        with pytest.raises(StorageError, match="not finite at params.retrain.lr$"):
+            enqueue(session, experiment_id, "retrain", {"retrain": {"lr": float("nan")}})
+        with pytest.raises(StorageError, match=r"not finite at params.ids.1$"):
+            enqueue(session, experiment_id, "score", {"ids": [1, float("-inf")]})
+        # The browser reads a retrain job's architecture_id as an integer column.
+        for bad in (2**31, 10**30, 0, True, "1", None):
+            with pytest.raises(StorageError, match="architecture_id must be an id from 1 to"):
+                enqueue(session, experiment_id, "retrain", {"architecture_id": bad})
 
 
 def test_dependency_waits_until_done(db: Database, experiment_id: int) -> None:
@@ -479,6 +497,44 @@ def test_worker_registry(db: Database, experiment_id: int) -> None:
     assert [w.id for w in alive_workers(db, within_s=60)] == [first]
     with pytest.raises(NotFoundError, match="no worker with id nobody"):
         worker_heartbeat(db, "nobody")
+
+
+def test_a_worker_whose_process_ended_is_dead_at_once(db: Database, experiment_id: int) -> None:
+    dead = register_worker(db, device="cpu")
+    dead_lock = hold_worker_lock(db, dead)
+    alive = register_worker(db, device="cpu")
+    alive_lock = hold_worker_lock(db, alive)
+    unknown = register_worker(db, device="cpu")  # no lock file: an older smash, another folder
+    elsewhere = register_worker(db, device="cpu", host="other-host", pid=os.getpid())
+    lock_path(db, elsewhere).touch()  # an unlocked file, but not this host's worker
+    assert dead_lock is not None and alive_lock is not None and dead_lock.path.is_file()
+    jobs = {worker: _enqueue(db, experiment_id) for worker in (dead, alive, unknown, elsewhere)}
+    for worker, job_id in jobs.items():
+        assert claim(db, worker, job_ids=[job_id]) == job_id
+    assert requeue_gone_workers(db) == []  # every lock is held
+
+    # The process ends (kill -9 included): the kernel lets the lock go, the file stays.
+    dead_lock._handle.close()
+    # Its heartbeat is fresh, yet it no longer counts as alive, and its job is taken now.
+    assert [w.id for w in alive_workers(db, within_s=60)] == [alive, unknown, elsewhere]
+    assert requeue_gone_workers(db) == [jobs[dead]]
+    assert requeue_gone_workers(db) == []
+    job = _job(db, jobs[dead])
+    assert (job.state, job.worker_id, job.workers_lost) == ("queued", None, 1)
+    assert _events(db, jobs[dead])[-1] == (
+        f"job {jobs[dead]} requeued: worker {dead} is gone (its process ended without stopping)"
+    )
+    assert not dead_lock.path.exists()
+    with db.session() as session:
+        assert session.get(Worker, dead).stopped_at is not None
+        assert session.get(Worker, alive).stopped_at is None
+    for worker in (alive, unknown, elsewhere):  # left to their heartbeats
+        assert (_job(db, jobs[worker]).state, _job(db, jobs[worker]).worker_id) == ("running", worker)
+
+    # A clean stop removes the file; a later worker of the same host is not fooled by it.
+    alive_lock.release()
+    assert not alive_lock.path.exists()
+    assert requeue_gone_workers(db) == []
 
 
 def test_two_processes_race_for_200_jobs(
