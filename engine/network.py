@@ -11,8 +11,9 @@ copies the SMASH weights over and the two then agree to float precision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +153,20 @@ class SmashNet(nn.Module):
         """Everything freely learned outside the HyperNet (gets weight decay)."""
         hyper = {id(p) for p in self.hypernet.parameters()}
         return [p for p in self.parameters() if id(p) not in hyper]
+
+    def shared_norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorms every architecture shares (transitions, head): BN recalibration re-estimates these."""
+        return [*self.transition_norms, self.head_norm]  # type: ignore[list-item]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What rebuilding this network needs besides its state_dict (see `engine.kinds`)."""
+        return {
+            "kind": self.space.kind,
+            "space": self.space.to_dict(),
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "hypernet": dataclasses.asdict(self.hypernet.config),
+        }
 
     def encode(
         self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None
