@@ -227,12 +227,7 @@ class _SmashSource:
         spec = op.convs[slot]
         assert spec is not None
         weight = _conv_slice(self.net.body[4 * block + slot], spec, x.shape[1], op.units)
-        if (
-            spec.dilation[0] > 1
-            and x.device.type == "cpu"
-            and torch.is_grad_enabled()
-            and torch.is_autocast_enabled("cpu")
-        ):
+        if _needs_fp32_weight_grad(spec, x):
             return _HeightDilatedConvBF16.apply(x, weight, spec.padding(), spec.dilation, spec.groups)
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
@@ -245,6 +240,16 @@ class _SmashSource:
         x = F.relu(_sliced_batch_norm(self.net.head_norm, x))
         x = x.mean(dim=(2, 3))
         return F.linear(x, self.net.classifier.weight[:, : x.shape[1]], self.net.classifier.bias)
+
+
+def _needs_fp32_weight_grad(spec: ConvSpec, x: torch.Tensor) -> bool:
+    """Whether a body conv must go through `_HeightDilatedConvBF16`: bf16 training on the CPU."""
+    return (
+        spec.dilation[0] > 1
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+    )
 
 
 class _HeightDilatedConvBF16(torch.autograd.Function):
@@ -421,7 +426,12 @@ class _DerivedSource:
         return self.net.ops[op_index].bottleneck(x)
 
     def conv(self, block: int, op_index: int, slot: int, x: torch.Tensor, op: Op) -> torch.Tensor:
-        return self.net.ops[op_index].convs[str(slot)](x)
+        conv = self.net.ops[op_index].convs[str(slot)]
+        spec = op.convs[slot]
+        assert spec is not None
+        if _needs_fp32_weight_grad(spec, x):  # the SMASH network's workaround, for retraining in bf16
+            return _HeightDilatedConvBF16.apply(x, conv.weight, spec.padding(), spec.dilation, spec.groups)
+        return conv(x)
 
     def transition(self, block: int, x: torch.Tensor, channels: int) -> torch.Tensor:
         t = self.net.transitions[block]
