@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from engine.errors import ConfigError, DeviceError
 
@@ -36,6 +37,20 @@ def autocast_context(device: torch.device, bf16: str) -> contextlib.AbstractCont
     if bf16 == "on" or (bf16 == "auto" and bf16_native(device)):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of images and conv weights in every loop: channels-last when the config asks.
+
+    Channels-last is the default everywhere: oneDNN on the CPU and tensor cores on CUDA
+    both run convolutions faster in it.
+    """
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device a network's parameters live on (the loops keep every parameter on one)."""
+    return next(module.parameters()).device
 
 
 @contextlib.contextmanager

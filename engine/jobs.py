@@ -5,7 +5,9 @@ and a `JobReporter`: progress, metric points, activity-log lines, checkpoints an
 scored architectures. The worker process (`smash_tui.runner`) implements the reporter
 with the database; nothing here knows about SQL, terminals or processes. Every loop
 polls `JobReporter.should_stop` between steps; a stopped loop has written its
-checkpoint, and running the same job again resumes from it.
+checkpoint, and running the same job again resumes from it. The runners reach the
+experiment's search space only through its kind (`engine.kinds.kind_of(spec.space)`):
+architectures' costs, derived networks and the SMASH module all come from it.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ from typing import Protocol
 
 import torch
 
-from engine.arch import Architecture
 from engine.checkpoint import CheckpointError, save_weights
 from engine.config import DataConfig, HyperNetConfig, ScoreConfig
-from engine.cost import architecture_cost
 from engine.data import Dataset, DeviceImages, load_dataset
 from engine.device import autocast_context
 from engine.errors import ConfigError
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
-from engine.network import DerivedNet, build_model
+from engine.kinds import Arch, DerivedModule, Space, kind_of
 from engine.params import (
     ExperimentSpec,
     RetrainParams,
@@ -39,7 +39,6 @@ from engine.params import (
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
 from engine.score import Racer, Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
 from engine.search import Result, ScoreBatch, run_search
-from engine.space import SearchSpace
 from engine.train import build_smash, load_smash, train_hypernet
 
 # Seconds after which buffered scores are handed over even if fewer than commit_every.
@@ -90,10 +89,10 @@ class JobReporter(Protocol):
 
 
 def describe(
-    arch: Architecture, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
+    arch: Arch, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
 ) -> ScoredArchitecture:
     """Size, cost and score of an architecture, ready to record."""
-    cost = architecture_cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
+    cost = kind_of(spec.space).cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
     return ScoredArchitecture(
         spec=arch.to_json(),
         hash=arch.hash,
@@ -152,7 +151,7 @@ def get_dataset(config: DataConfig) -> Dataset:
 
 
 def prepare_experiment(
-    space: SearchSpace, data: DataConfig, hypernet: HyperNetConfig, seed: int
+    space: Space, data: DataConfig, hypernet: HyperNetConfig, seed: int
 ) -> tuple[ExperimentSpec, Dataset]:
     """Load the data set once to learn its shape and check it can be searched on.
 
@@ -351,7 +350,7 @@ def run_score_job(
     *,
     device: torch.device,
     hypernet_path: Path,
-    architectures: Sequence[Architecture],
+    architectures: Sequence[Arch],
 ) -> bool:
     """Score the given architectures (those not scored with this method yet).
 
@@ -378,7 +377,7 @@ def run_score_job(
 def run_retrain_job(
     spec: ExperimentSpec,
     params: RetrainParams,
-    arch: Architecture,
+    arch: Arch,
     reporter: JobReporter,
     *,
     device: torch.device,
@@ -427,6 +426,7 @@ def run_retrain_job(
         should_stop=reporter.should_stop,
         num_classes=spec.num_classes,
         in_channels=spec.in_channels,
+        kind=kind_of(spec.space),
     )
     if result is None:
         return None
@@ -437,13 +437,16 @@ def run_retrain_job(
 
 def smash_initialised_model(
     spec: ExperimentSpec,
-    arch: Architecture,
+    arch: Arch,
     hypernet_path: Path,
     *,
     score: ScoreConfig = ScoreConfig(bn_recalibration_batches=0),
     data: Dataset | None = None,
-) -> DerivedNet:
+) -> DerivedModule:
     """The derived network of ``arch`` carrying the weights SMASH generates for it.
+
+    The checkpoint's space kind builds the derived network, sized like the SMASH network
+    (`space=` of `SpaceKind.build_model`) so that its weights fit.
 
     The 1x1 weights come from the HyperNet with the first z draw that scoring with
     ``score`` uses; the rest are the shared weights' slices, and the BatchNorm
@@ -461,7 +464,7 @@ def smash_initialised_model(
     if score.bn_recalibration_batches and data is None:
         raise ValueError("BatchNorm recalibration needs the data set")
     cpu = torch.device("cpu")
-    model = build_model(arch, spec.num_classes, spec.in_channels)
+    model = kind_of(net.space).build_model(arch, spec.num_classes, spec.in_channels, net.space)
     generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
     # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
     with torch.no_grad(), autocast_context(cpu, score.bf16):
