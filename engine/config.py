@@ -311,7 +311,7 @@ class RetrainConfig:
     init: str = "banks"  # weight init recipe, one of INIT_RECIPES (see `reinitialise`)
     augment: bool = True  # random 4-pixel translation and horizontal flip of training images
     seed: int = 0  # seeds the initial weights, the batch order and the augmentation
-    channels_last: bool = True  # channels-last tensors on CUDA (faster convs); ignored on the CPU
+    channels_last: bool = True  # faster convolutions on CPU (oneDNN) and on tensor cores
     bf16: str = "auto"  # one of BF16_MODES (see engine.device.autocast_context)
     checkpoint_every_epochs: int = 1  # epochs between checkpoints (the last epoch always writes one)
 

@@ -5,7 +5,9 @@ and a `JobReporter`: progress, metric points, activity-log lines, checkpoints an
 scored architectures. The worker process (`smash_tui.runner`) implements the reporter
 with the database; nothing here knows about SQL, terminals or processes. Every loop
 polls `JobReporter.should_stop` between steps; a stopped loop has written its
-checkpoint, and running the same job again resumes from it.
+checkpoint, and running the same job again resumes from it. The runners reach the
+experiment's search space only through its kind (`engine.kinds.kind_of(spec.space)`):
+architectures' costs, derived networks and the SMASH module all come from it.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ from typing import Protocol
 
 import torch
 
-from engine.arch import Architecture
 from engine.checkpoint import CheckpointError, save_weights
 from engine.config import DataConfig, ScoreConfig
-from engine.cost import architecture_cost
 from engine.data import Dataset, DeviceImages, load_dataset
 from engine.device import autocast_context
 from engine.errors import ConfigError, DatasetError
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
-from engine.network import DerivedNet, build_model
+from engine.kinds import Arch, DerivedModule, kind_of
 from engine.params import (
     ExperimentSpec,
     RetrainParams,
@@ -91,10 +91,10 @@ class JobReporter(Protocol):
 
 
 def describe(
-    arch: Architecture, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
+    arch: Arch, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
 ) -> ScoredArchitecture:
     """Size, cost and score of an architecture, ready to record."""
-    cost = architecture_cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
+    cost = kind_of(spec.space).cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
     return ScoredArchitecture(
         spec=arch.to_json(),
         hash=arch.hash,
@@ -328,7 +328,7 @@ def run_score_job(
     *,
     device: torch.device,
     hypernet_path: Path,
-    architectures: Sequence[Architecture],
+    architectures: Sequence[Arch],
 ) -> bool:
     """Score the given architectures (those not scored with this method yet).
 
@@ -355,7 +355,7 @@ def run_score_job(
 def run_retrain_job(
     spec: ExperimentSpec,
     params: RetrainParams,
-    arch: Architecture,
+    arch: Arch,
     reporter: JobReporter,
     *,
     device: torch.device,
@@ -404,6 +404,7 @@ def run_retrain_job(
         should_stop=reporter.should_stop,
         num_classes=spec.num_classes,
         in_channels=spec.in_channels,
+        kind=kind_of(spec.space),
     )
     if result is None:
         return None
@@ -414,13 +415,16 @@ def run_retrain_job(
 
 def smash_initialised_model(
     spec: ExperimentSpec,
-    arch: Architecture,
+    arch: Arch,
     hypernet_path: Path,
     *,
     score: ScoreConfig = ScoreConfig(bn_recalibration_batches=0),
     data: Dataset | None = None,
-) -> DerivedNet:
+) -> DerivedModule:
     """The derived network of ``arch`` carrying the weights SMASH generates for it.
+
+    The checkpoint's space kind builds the derived network, sized like the SMASH network
+    (`space=` of `SpaceKind.build_model`) so that its weights fit.
 
     The 1x1 weights come from the HyperNet with the first z draw that scoring with
     ``score`` uses; the rest are the shared weights' slices, and the BatchNorm
@@ -438,7 +442,7 @@ def smash_initialised_model(
     if score.bn_recalibration_batches and data is None:
         raise ValueError("BatchNorm recalibration needs the data set")
     cpu = torch.device("cpu")
-    model = build_model(arch, spec.num_classes, spec.in_channels)
+    model = kind_of(net.space).build_model(arch, spec.num_classes, spec.in_channels, net.space)
     generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
     # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
     with torch.no_grad(), autocast_context(cpu, score.bf16):

@@ -11,8 +11,9 @@ copies the SMASH weights over and the two then agree to float precision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,20 @@ class SmashNet(nn.Module):
         hyper = {id(p) for p in self.hypernet.parameters()}
         return [p for p in self.parameters() if id(p) not in hyper]
 
+    def shared_norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorms every architecture shares (transitions, head): BN recalibration re-estimates these."""
+        return [*self.transition_norms, self.head_norm]  # type: ignore[list-item]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What rebuilding this network needs besides its state_dict (see `engine.kinds`)."""
+        return {
+            "kind": self.space.kind,
+            "space": self.space.to_dict(),
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "hypernet": dataclasses.asdict(self.hypernet.config),
+        }
+
     def encode(
         self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
@@ -250,7 +265,7 @@ class _SmashSource:
         spec = op.convs[slot]
         assert spec is not None
         weight = self.body[op_index, slot]
-        if _height_dilated_bf16(spec, x.device):
+        if _needs_fp32_weight_grad(spec, x.device):
             return _HeightDilatedConvBF16.apply(x, weight, spec.padding(), spec.dilation, spec.groups)
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
@@ -265,8 +280,8 @@ class _SmashSource:
         return F.linear(x, self.net.classifier.weight[:, : x.shape[1]], self.net.classifier.bias)
 
 
-def _height_dilated_bf16(spec: ConvSpec, device: torch.device) -> bool:
-    """Whether a body conv runs as `_HeightDilatedConvBF16` (see there)."""
+def _needs_fp32_weight_grad(spec: ConvSpec, device: torch.device) -> bool:
+    """Whether a conv (SMASH or derived) must go through `_HeightDilatedConvBF16`: bf16 training on the CPU."""
     return (
         spec.dilation[0] > 1
         and device.type == "cpu"
@@ -293,7 +308,7 @@ def _body_slices(net: SmashNet, arch: Architecture) -> dict[tuple[int, int], tor
                 top = (weight.shape[2] - spec.kernel[0]) // 2
                 left = (weight.shape[3] - spec.kernel[1]) // 2
                 # A height-dilated conv casts its own weight (and keeps its gradient in fp32).
-                own_cast = _height_dilated_bf16(spec, device)
+                own_cast = _needs_fp32_weight_grad(spec, device)
                 box = (op.units, in_channels // spec.groups, top, left, *spec.kernel, own_cast)
                 boxes.setdefault(index, []).append(box)
                 users.setdefault(index, []).append((op_index, slot))
@@ -523,7 +538,12 @@ class _DerivedSource:
         return self.net.ops[op_index].bottleneck(x)
 
     def conv(self, block: int, op_index: int, slot: int, x: torch.Tensor, op: Op) -> torch.Tensor:
-        return self.net.ops[op_index].convs[str(slot)](x)
+        conv = self.net.ops[op_index].convs[str(slot)]
+        spec = op.convs[slot]
+        assert spec is not None
+        if _needs_fp32_weight_grad(spec, x.device):  # the SMASH network's workaround, for retraining in bf16
+            return _HeightDilatedConvBF16.apply(x, conv.weight, spec.padding(), spec.dilation, spec.groups)
+        return conv(x)
 
     def transition(self, block: int, x: torch.Tensor, channels: int) -> torch.Tensor:
         t = self.net.transitions[block]

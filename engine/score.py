@@ -8,6 +8,10 @@ statistics belong to no architecture in particular), a validation subset, and ra
 successive halving over validation images that scores every candidate on a small
 slice, keeps the best fraction, and extends the survivors, so that the top of the
 ranking comes out as with full scoring at a fraction of the cost.
+
+Scoring serves every space kind (`engine.kinds`): it only asks the SMASH module to
+generate an architecture's weights, to run it, and for its `shared_norms()`, the
+BatchNorms that BN recalibration re-estimates.
 """
 
 from __future__ import annotations
@@ -21,11 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.arch import Architecture
 from engine.config import RaceConfig, ScoreConfig
 from engine.data import DeviceImages
-from engine.device import autocast_context, host_sync_allowed
-from engine.network import SmashNet
+from engine.device import autocast_context, host_sync_allowed, module_device
+from engine.kinds import Arch, SmashModule, Weights
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def scoring_order(images: int, seed: int) -> torch.Tensor:
     return torch.randperm(images, generator=torch.Generator().manual_seed(seed))
 
 
-def arch_seed(seed: int, arch: Architecture, draw: int) -> int:
+def arch_seed(seed: int, arch: Arch, draw: int) -> int:
     """A seed that depends only on the run seed, the architecture and the draw index."""
     digest = hashlib.sha256(f"{seed}:{arch.hash}:{draw}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -85,14 +88,15 @@ def recalibration_batches(train: DeviceImages, config: ScoreConfig) -> list[torc
 
 @contextlib.contextmanager
 def bn_recalibrated(
-    net: SmashNet,
-    arch: Architecture,
-    weights: list[torch.Tensor],
+    net: SmashModule,
+    arch: Arch,
+    weights: Weights,
     batches: Sequence[torch.Tensor],
     cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
     key: tuple[str, int] = ("", 0),
 ) -> Iterator[None]:
-    """The net's BN running statistics re-estimated for `arch` on `batches`, restored afterwards.
+    """The running statistics of the net's shared BatchNorms (`shared_norms()`) re-estimated
+    for `arch` on `batches`, restored afterwards.
 
     No batches: the shared statistics stay. A `cache` keeps each `key`'s statistics
     so that a later call reuses them instead of recalibrating again.
@@ -100,7 +104,7 @@ def bn_recalibrated(
     if not batches:
         yield
         return
-    norms = [*net.transition_norms, net.head_norm]
+    norms = net.shared_norms()
     saved = [(n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms]  # type: ignore[union-attr]
     try:
         cached = cache.get(key) if cache is not None else None
@@ -137,7 +141,7 @@ class Scorer:
     """
 
     def __init__(
-        self, net: SmashNet, val: DeviceImages, config: ScoreConfig = ScoreConfig(), train: DeviceImages | None = None
+        self, net: SmashModule, val: DeviceImages, config: ScoreConfig = ScoreConfig(), train: DeviceImages | None = None
     ) -> None:
         if len(val) == 0:
             raise ValueError("cannot score on an empty validation split")
@@ -145,7 +149,7 @@ class Scorer:
             raise ValueError("BN recalibration needs the training images")
         self.net = net
         self.config = config
-        self.device = net.stem_weight.device
+        self.device = module_device(net)
         self.batch_size = config.batch_size or (1000 if self.device.type == "cuda" else 200)
         self.num_images = min(config.images or len(val), len(val))
         dtype = torch.float32
@@ -163,17 +167,17 @@ class Scorer:
         self.labels = torch.cat(labels)[order]
         self.recalibration = recalibration_batches(train, config) if train is not None else []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        self._weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] | None = None
+        self._weight_cache: dict[tuple[Arch, int], Weights] | None = None
 
     # One architecture --------------------------------------------------------------------
 
-    def score(self, arch: Architecture) -> Score:
+    def score(self, arch: Arch) -> Score:
         """Full score of `arch` on the scoring set."""
         sums = self._sums(arch, 0, self.num_images)
         return self._to_score(sums, self.num_images, "full")
 
     def score_many(
-        self, archs: Sequence[Architecture], on_result: Callable[[Architecture, Score], None] | None = None
+        self, archs: Sequence[Arch], on_result: Callable[[Arch, Score], None] | None = None
     ) -> list[Score]:
         """Full scores, streamed through `on_result` as they come."""
         scores = []
@@ -186,9 +190,9 @@ class Scorer:
 
     def race(
         self,
-        archs: Sequence[Architecture],
+        archs: Sequence[Arch],
         race: RaceConfig = RaceConfig(),
-        on_result: Callable[[Architecture, Score], None] | None = None,
+        on_result: Callable[[Arch, Score], None] | None = None,
         leaders: Sequence[Leader] = (),
     ) -> list[Score]:
         """Successive halving: score all on a slice, keep the best, extend the survivors.
@@ -206,9 +210,9 @@ class Scorer:
 
     def _race(
         self,
-        archs: Sequence[Architecture],
+        archs: Sequence[Arch],
         race: RaceConfig,
-        on_result: Callable[[Architecture, Score], None] | None,
+        on_result: Callable[[Arch, Score], None] | None,
         leaders: Sequence[Leader],
     ) -> tuple[list[Score], list[Leader]]:
         """`race`, plus the survivors as leaders for later races."""
@@ -231,7 +235,7 @@ class Scorer:
         # Recalibrated BN statistics and generated weights of the candidates still in
         # the race, reused by later rungs instead of being computed again (they would
         # come out the same): a candidate that survives three rungs is generated once.
-        weight_cache: dict[tuple[Architecture, int], list[torch.Tensor]] = {}
+        weight_cache: dict[tuple[Arch, int], Weights] = {}
 
         def report(i: int, images: int, method: str) -> None:
             results[i] = self._to_score(sums[i], images, method)
@@ -324,7 +328,7 @@ class Scorer:
 
     @torch.no_grad()
     def _sums(
-        self, arch: Architecture, start: int, stop: int, into: torch.Tensor | None = None
+        self, arch: Arch, start: int, stop: int, into: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(wrong, loss) per z draw over images [start, stop), added batch by batch to `into`.
 
@@ -349,7 +353,7 @@ class Scorer:
             net.train(was_training)
         return totals
 
-    def _weights(self, arch: Architecture, draw: int) -> list[torch.Tensor]:
+    def _weights(self, arch: Arch, draw: int) -> Weights:
         """Generated weights of one z draw; during a race, generated once per candidate."""
         cache = self._weight_cache  # a dict only while racing
         weights = cache.get((arch, draw)) if cache is not None else None
@@ -366,7 +370,7 @@ class Scorer:
             yield self.images[first:last], self.labels[first:last]
 
     @contextlib.contextmanager
-    def recalibrated(self, arch: Architecture, weights: list[torch.Tensor], draw: int) -> Iterator[None]:
+    def recalibrated(self, arch: Arch, weights: Weights, draw: int) -> Iterator[None]:
         """BN running statistics re-estimated for `arch` (see `bn_recalibrated`).
 
         During a race the statistics of each (architecture, draw) are kept, so later
@@ -408,7 +412,7 @@ class Racer:
         self.race = race
         self.leaders: list[Leader] = []
 
-    def __call__(self, archs: Sequence[Architecture]) -> list[Score]:
+    def __call__(self, archs: Sequence[Arch]) -> list[Score]:
         scores, survivors = self.scorer._race(archs, self.race, None, self.leaders)
         ranked = sorted([*self.leaders, *survivors], key=lambda leader: rank_key(leader.score))
         self.leaders = ranked[: self.race.top_k]

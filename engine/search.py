@@ -13,6 +13,9 @@ Strategies: random sampling of N; perturbation of the top k; the original's gree
 Markov chain (accept a perturbation only if it scores better); regularised evolution
 (Real et al. 2019) with the SMASH score as fitness; and "staged", the original's
 sequence of random sampling, perturbation of the best, then the Markov chain.
+
+The strategies draw and perturb architectures through the space's kind
+(`engine.kinds`) and otherwise only hash them, so they search any kind of space.
 """
 
 from __future__ import annotations
@@ -23,20 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.arch import Architecture
 from engine.config import SearchConfig
-from engine.sampler import perturb, sample
+from engine.kinds import Arch, Space, SpaceKind, kind_of
 from engine.score import Score, rank_key
-from engine.space import SearchSpace
 
-ScoreBatch = Callable[[Sequence[Architecture]], list[Score]]
-
-
+ScoreBatch = Callable[[Sequence[Arch]], list[Score]]
 
 
 @dataclass(frozen=True)
 class Result:
-    arch: Architecture
+    arch: Arch
     score: Score
     source: str  # how the search found it: random / perturb / markov / evolution
 
@@ -58,9 +57,9 @@ class _Book:
         self.should_stop = should_stop
         self.stopped = False
 
-    def score(self, archs: Sequence[Architecture], source: str) -> list[Score]:
+    def score(self, archs: Sequence[Arch], source: str) -> list[Score]:
         """Scores of `archs`: known ones looked up, new ones (deduplicated) scored once."""
-        new: dict[str, Architecture] = {}
+        new: dict[str, Arch] = {}
         for a in archs:
             if a.hash not in self.scores and a.hash not in new:
                 new[a.hash] = a
@@ -77,7 +76,7 @@ class _Book:
                     self.on_result(result)
         return [self.scores[a.hash] for a in archs]
 
-    def best(self, pool: Sequence[Architecture], k: int) -> list[Architecture]:
+    def best(self, pool: Sequence[Arch], k: int) -> list[Arch]:
         return sorted(pool, key=lambda a: rank_key(self.scores[a.hash]))[:k]
 
 
@@ -85,20 +84,35 @@ class _Stopped(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Draws:
+    """Random architectures of one space, all from the search's one generator."""
+
+    kind: SpaceKind
+    space: Space
+    rng: np.random.Generator
+
+    def sample(self) -> Arch:
+        return self.kind.sample(self.space, self.rng)
+
+    def perturb(self, arch: Arch, p: float) -> Arch:
+        return self.kind.perturb(arch, self.space, self.rng, p)
+
+
 def run_search(
-    space: SearchSpace,
+    space: Space,
     config: SearchConfig,
     score_batch: ScoreBatch,
     *,
     known: dict[str, Score] | None = None,
-    start: Sequence[Architecture] = (),
+    start: Sequence[Arch] = (),
     on_result: Callable[[Result], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[Result], bool]:
     """Run `config.strategy`.
 
     Args:
-        space: the search space the architectures come from.
+        space: the search space the architectures come from, of any kind.
         config: strategy and budgets.
         score_batch: scores a list of architectures (full scoring or racing).
         known: scores already recorded for this checkpoint, by hash: never rescored.
@@ -110,92 +124,84 @@ def run_search(
     Returns:
         The newly scored results, and whether the search ran to its end.
     """
-    rng = np.random.default_rng([config.seed, 3])
+    draws = _Draws(kind_of(space), space, np.random.default_rng([config.seed, 3]))
     book = _Book(score_batch, known or {}, on_result, should_stop)
     pool = list(start)
     try:
         if config.strategy in ("random", "staged"):
-            pool += _random(space, config, rng, book)
+            pool += _random(draws, config, book)
         if config.strategy in ("perturb", "staged"):
-            pool = _seed_pool(space, config, rng, book, pool)
-            pool += _perturb_top(space, config, rng, book, pool)
+            pool = _seed_pool(draws, config, book, pool)
+            pool += _perturb_top(draws, config, book, pool)
         if config.strategy in ("markov", "staged"):
-            pool = _seed_pool(space, config, rng, book, pool)
-            _markov(space, config, rng, book, pool)
+            pool = _seed_pool(draws, config, book, pool)
+            _markov(draws, config, book, pool)
         if config.strategy == "evolution":
-            _evolution(space, config, rng, book, pool)
+            _evolution(draws, config, book, pool)
     except _Stopped:
         return book.results, False
     return book.results, True
 
 
-def _seed_pool(
-    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
-) -> list[Architecture]:
+def _seed_pool(draws: _Draws, config: SearchConfig, book: _Book, pool: list[Arch]) -> list[Arch]:
     """A non-empty scored pool: the given one, else random samples."""
     if not pool:
-        pool = [sample(space, rng) for _ in range(config.top_k)]
+        pool = [draws.sample() for _ in range(config.top_k)]
     book.score(pool, "random")
     return pool
 
 
-def _random(space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book) -> list[Architecture]:
-    drawn: list[Architecture] = []
+def _random(draws: _Draws, config: SearchConfig, book: _Book) -> list[Arch]:
+    drawn: list[Arch] = []
     for first in range(0, config.architectures, config.batch):
-        batch = [sample(space, rng) for _ in range(min(config.batch, config.architectures - first))]
+        batch = [draws.sample() for _ in range(min(config.batch, config.architectures - first))]
         book.score(batch, "random")
         drawn += batch
     return drawn
 
 
-def _perturb_top(
-    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
-) -> list[Architecture]:
+def _perturb_top(draws: _Draws, config: SearchConfig, book: _Book, pool: list[Arch]) -> list[Arch]:
     """Perturbations of the top k, spread round-robin over them.
 
     The top k is ranked again after every scoring batch, perturbations included, so a
     perturbation that beats its parent is perturbed in turn: the search climbs from
     what it finds instead of circling the starting pool.
     """
-    made: list[Architecture] = []
+    made: list[Arch] = []
     for first in range(0, config.perturbations, config.batch):
         top = book.best([*pool, *made], config.top_k)
         count = min(config.batch, config.perturbations - first)
-        batch = [perturb(top[(first + i) % len(top)], space, rng, config.perturb_p) for i in range(count)]
+        batch = [draws.perturb(top[(first + i) % len(top)], config.perturb_p) for i in range(count)]
         book.score(batch, "perturb")
         made += batch
     return made
 
 
-def _markov(
-    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
-) -> Architecture:
+def _markov(draws: _Draws, config: SearchConfig, book: _Book, pool: list[Arch]) -> Arch:
     """Greedy chain from the best so far: accept a perturbation only if it scores better."""
     current = book.best(pool, 1)[0]
     for _ in range(config.markov_steps):
-        proposal = perturb(current, space, rng, config.perturb_p)
+        proposal = draws.perturb(current, config.perturb_p)
         if rank_key(book.score([proposal], "markov")[0]) < rank_key(book.scores[current.hash]):
             current = proposal
     return current
 
 
-def _evolution(
-    space: SearchSpace, config: SearchConfig, rng: np.random.Generator, book: _Book, pool: list[Architecture]
-) -> None:
+def _evolution(draws: _Draws, config: SearchConfig, book: _Book, pool: list[Arch]) -> None:
     """Regularised evolution: tournament selection, mutate the winner, the oldest dies."""
-    population: collections.deque[Architecture] = collections.deque(pool[-config.population :])
+    population: collections.deque[Arch] = collections.deque(pool[-config.population :])
     while len(population) < config.population:
         need = config.population - len(population)
-        batch = [sample(space, rng) for _ in range(min(need, config.batch))]
+        batch = [draws.sample() for _ in range(min(need, config.batch))]
         book.score(batch, "random")
         population.extend(batch)
     book.score(list(population), "random")
     # Every member and every child counts as one evaluation, scored now or known
     # already, so a resumed search takes exactly the turns of an uninterrupted one.
     for _ in range(config.architectures - len(population)):
-        picks = rng.choice(len(population), size=config.tournament, replace=False)
+        picks = draws.rng.choice(len(population), size=config.tournament, replace=False)
         parent = min((population[int(i)] for i in picks), key=lambda a: rank_key(book.scores[a.hash]))
-        child = perturb(parent, space, rng, config.perturb_p)
+        child = draws.perturb(parent, config.perturb_p)
         book.score([child], "evolution")
         population.append(child)
         population.popleft()

@@ -4,15 +4,17 @@ A `SearchSpace` is a frozen value. It fixes the widths of the stem, blocks and
 transitions, every block's read budget, and the menus of kernel sizes, dilations and
 group counts. It also fixes the layout of the HyperNet's conditioning tensor for a
 whole run (see `engine.encoding`), so annealing during training narrows what the
-sampler draws (`SamplingLimits`) but never the space itself.
+sampler draws (`SamplingLimits`) but never the space itself. It is the "banks" kind of
+space: the loops reach it through `engine.kinds.BANKS`, and `to_dict()` says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 # Active convs of an op body, in slot order (conv0, conv1, conv2, conv3). Path A is
 # conv0 -> conv1, path B is conv2 -> conv3; active paths are summed. Path B alone or
@@ -25,6 +27,9 @@ OP_PATTERNS: tuple[tuple[bool, bool, bool, bool], ...] = (
     (True, True, True, True),  # two stacked pairs in parallel
 )
 OP_PATTERN_NAMES = ("single", "stacked", "parallel", "three", "four")
+# The kind of search space this module defines (see engine.kinds): written into
+# `SearchSpace.to_dict()`; a stored space without a kind is one of these.
+KIND = "banks"
 
 
 class InvalidSearchSpace(ValueError):
@@ -60,6 +65,8 @@ class SearchSpace:
     max_budget: float = 1.0  # upper end of a block's sampled budget fraction
     stem_kernel: int = 7  # kernel of the stem conv (freely learned, not searched)
     units_sharpness: float = 0.25  # smaller: units stick closer to the width that was read
+
+    kind: ClassVar[str] = KIND  # the space kind (engine.kinds), the same for every SearchSpace
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -167,18 +174,25 @@ class SearchSpace:
         return min(multiple * units, read_channels, self.max_bottleneck_channels)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The space as JSON-able values, tagged with its kind."""
+        return {"kind": KIND, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
+        """Inverse of `to_dict`; a missing "kind" (spaces stored before kinds existed) is banks.
+
+        Raises:
+            InvalidSearchSpace: another kind, an unknown field, or an impossible space.
+        """
+        values = dict(data)
+        kind = values.pop("kind", KIND)
+        if kind != KIND:
+            raise InvalidSearchSpace(f"expected a {KIND} search space, got kind {kind!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise InvalidSearchSpace(f"unknown search-space field(s): {', '.join(unknown)}")
-        values = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
-        }
-        return cls(**values)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,7 @@ def get_preset(name: str) -> SearchSpace:
 
 
 __all__ = [
+    "KIND",
     "OP_PATTERNS",
     "OP_PATTERN_NAMES",
     "PRESETS",

@@ -3,11 +3,18 @@
 `train_hypernet` is one top-to-bottom loop, airbench-style: the training split lives on
 the device, batches are normalised, cropped and flipped there, and the host waits for
 the device only at progress reports, checkpoints and epoch ends (each marked below).
-Over the first half of training the sampler's budget and kernel limits are annealed
-up to the full space; the learning rate follows a per-step cosine. Checkpoints hold the
-model, optimiser, schedule position and every random generator, so a resumed run ends
-exactly where an uninterrupted one would. A non-finite loss stops the run with
-`TrainingDiverged` and leaves the last good checkpoint in place.
+The loop reaches the search space only through its kind (`engine.kinds`): the kind
+samples every step's architecture, given the fraction of training done so that kinds
+that anneal can (banks widens its budget and kernel limits to the full space over the
+first half), and builds the SMASH module. The learning rate follows a per-step cosine;
+bf16 autocast follows `engine.device.autocast_context`, as in every loop.
+
+Everything a resume needs besides weights and optimiser is one value, `TrainState`
+(position, every random generator, the validation history); checkpoints hold it with
+the model, the optimiser and the module's `checkpoint_meta()`, so a resumed run ends
+exactly where an uninterrupted one would, and `load_smash` rebuilds the module of any
+kind. A non-finite loss stops the run with `TrainingDiverged` and leaves the last good
+checkpoint in place.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.arch import Architecture
 from engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -35,20 +41,17 @@ from engine.checkpoint import (
     set_torch_rng_state,
     torch_rng_state,
 )
-from engine.config import TrainConfig
+from engine.config import HyperNetConfig, TrainConfig
 from engine.data import Dataset, DeviceImages
-from engine.device import autocast_context, host_sync_allowed
+from engine.device import autocast_context, host_sync_allowed, module_device
 from engine.errors import TrainingDiverged, first_line
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
-from engine.hypernet import HyperNetConfig
-from engine.network import SmashNet
-from engine.sampler import FULL_SPACE, sample
+from engine.kinds import BANKS, Arch, SmashModule, Space, SpaceKind, get_kind, kind_of
 from engine.score import ScoreConfig, Scorer
-from engine.space import SamplingLimits, SearchSpace
 
 CHECKPOINT_KIND = "hypernet"
-
-
+# What a checkpoint written before space kinds held instead of "smash": a banks network.
+_LEGACY_META_KEYS = ("space", "hypernet", "num_classes", "in_channels")
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,67 @@ class TrainOutcome:
     last_eval: TrainEval | None
 
 
-def make_optimizer(net: SmashNet, config: TrainConfig) -> torch.optim.Adam:
+@dataclass
+class TrainState:
+    """Where a HyperNet training run is: what its checkpoint holds besides weights and optimiser."""
+
+    arch_rng: np.random.Generator  # draws every step's architecture
+    z_rng: torch.Generator  # draws the HyperNet's z, on the training device
+    data_rng: torch.Generator  # batch order and augmentation
+    epoch_data_state: torch.Tensor  # data_rng's state at the start of the current epoch
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # epochs done
+    batch_in_epoch: int = 0  # batches of the current epoch done
+    history: list[dict[str, float]] = field(default_factory=list)  # validation at each epoch end
+
+    @classmethod
+    def start(cls, seed: int, device: torch.device) -> TrainState:
+        """A fresh run: all randomness from one seed."""
+        data_rng = torch.Generator().manual_seed(seed)
+        return cls(
+            arch_rng=np.random.default_rng([seed, 1]),
+            z_rng=torch.Generator(device=device).manual_seed(seed + 1),
+            data_rng=data_rng,
+            epoch_data_state=torch_rng_state(data_rng),
+        )
+
+    def end_epoch(self) -> None:
+        """Moves to the start of the next epoch, whose batches the data generator now draws."""
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.epoch_data_state = torch_rng_state(self.data_rng)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "arch_rng": numpy_rng_state(self.arch_rng),
+            "z_rng": torch_rng_state(self.z_rng),
+            "epoch_data_rng": self.epoch_data_state,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any], device: torch.device) -> TrainState:
+        """The state `to_checkpoint` wrote (KeyError, ValueError or CheckpointError if it cannot be)."""
+        z_rng = torch.Generator(device=device)
+        set_torch_rng_state(z_rng, state["z_rng"].cpu())
+        return cls(
+            arch_rng=numpy_rng_from_state(state["arch_rng"]),
+            z_rng=z_rng,
+            data_rng=torch.Generator(),  # set to epoch_data_state when the epoch's batches are drawn
+            epoch_data_state=state["epoch_data_rng"].cpu(),
+            step=state["step"],
+            epoch=state["epoch"],
+            batch_in_epoch=state["batch_in_epoch"],
+            history=list(state.get("history", [])),
+        )
+
+
+def make_optimizer(net: SmashModule, config: TrainConfig) -> torch.optim.Adam:
     """Adam with weight decay on the shared weights and none on the HyperNet."""
-    fused = net.stem_weight.device.type == "cuda"
+    fused = module_device(net).type == "cuda"
     return torch.optim.Adam(
         [
             {"params": net.shared_parameters(), "weight_decay": config.weight_decay},
@@ -83,11 +144,11 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 
 def train_step(
-    net: SmashNet,
+    net: SmashModule,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    arch: Architecture,
+    arch: Arch,
     z_generator: torch.Generator | None,
     autocast: contextlib.AbstractContextManager[None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,28 +164,95 @@ def train_step(
 
 
 def build_smash(
-    space: SearchSpace, num_classes: int, in_channels: int, hypernet: HyperNetConfig, device: torch.device | str
-) -> SmashNet:
-    """A SmashNet on `device`, in channels-last layout (the format its convolutions prefer)."""
-    net = SmashNet(space, num_classes=num_classes, in_channels=in_channels, hypernet=hypernet)
+    space: Space,
+    num_classes: int,
+    in_channels: int,
+    hypernet: HyperNetConfig,
+    device: torch.device | str,
+    weights: str = "hypernet",
+) -> SmashModule:
+    """The SMASH module of `space`'s kind on `device`, in channels-last layout (the format its convolutions prefer).
+
+    Args:
+        space: the search space; its kind builds the module.
+        num_classes: classifier outputs.
+        in_channels: image channels.
+        hypernet: HyperNet capacity.
+        device: where the module lives.
+        weights: "hypernet" (SMASH) or "shared" (plain weight sharing, for kinds that have it).
+    """
+    net = kind_of(space).build_smash(space, num_classes, in_channels, hypernet, weights)
     return net.to(device=device, memory_format=torch.channels_last)
 
 
-def load_smash(path: str | Path, device: torch.device | str = "cpu") -> tuple[SmashNet, dict[str, Any]]:
-    """The SMASH network stored in a HyperNet checkpoint, in eval mode, and the checkpoint dict."""
+def load_smash(path: str | Path, device: torch.device | str = "cpu") -> tuple[SmashModule, dict[str, Any]]:
+    """The SMASH module stored in a HyperNet checkpoint, in eval mode, and the checkpoint dict.
+
+    The checkpoint names its space kind ("space_kind"; none: banks, as every checkpoint
+    written before kinds existed) and holds the module's `checkpoint_meta()`.
+
+    Raises:
+        CheckpointError: the file is no HyperNet checkpoint, or of a kind or shape this engine cannot build.
+    """
     state = load_checkpoint(path, map_location=device, expected_kind=CHECKPOINT_KIND)
     try:
-        space = SearchSpace.from_dict(state["space"])
-        hyper = HyperNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["hypernet"].items()})
-        net = build_smash(space, state["num_classes"], state["in_channels"], hyper, device)
+        kind = get_kind(state.get("space_kind", BANKS.name))
+        meta = state["smash"] if "smash" in state else {key: state[key] for key in _LEGACY_META_KEYS}
+        net = kind.smash_from_meta(meta).to(device=device, memory_format=torch.channels_last)
         net.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {path} does not hold a usable SMASH network: {first_line(exc)}") from None
     return net.eval(), state
 
 
+@dataclass(frozen=True)
+class _Run:
+    """The fixed parts of one `train_hypernet` call, read by its steps, reports and checkpoints."""
+
+    net: SmashModule
+    kind: SpaceKind
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    device: torch.device
+    total: int  # steps of the whole run
+    path: Path | None  # the checkpoint file
+    on_progress: Callable[[TrainProgress], None] | None
+    on_eval: Callable[[TrainEval], None] | None
+    on_checkpoint: Callable[[CheckpointSaved], None] | None
+
+
+@dataclass
+class _Session:
+    """What this call tracks besides `TrainState`, never checkpointed: sums since the last report, timing."""
+
+    sums: torch.Tensor  # (loss sum, correct, images) since the last report, on the device
+    nonfinite: torch.Tensor  # whether any loss of this session was NaN or infinite, on the device
+    reported_step: int  # step and wall time of the last report
+    reported_time: float
+    first_step: int  # step and wall time at which this session began, for the ETA
+    start_time: float
+    checkpoint: str | None  # the last checkpoint written
+    last_eval: TrainEval | None = None
+    loss: float = math.nan  # the last report's mean loss and accuracy, sent with each checkpoint
+    accuracy: float = math.nan
+
+    @classmethod
+    def start(cls, state: TrainState, device: torch.device, checkpoint: str | None) -> _Session:
+        now = time.perf_counter()
+        sums = torch.zeros(3, device=device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        return cls(sums, nonfinite, state.step, now, state.step, now, checkpoint)
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, images: int) -> None:
+        """One step's numbers, added on the device: no host sync."""
+        self.sums[0] += loss
+        self.sums[1] += correct
+        self.sums[2] += images
+        self.nonfinite |= ~torch.isfinite(loss)
+
+
 def train_hypernet(
-    net: SmashNet,
+    net: SmashModule,
     data: Dataset,
     config: TrainConfig = TrainConfig(),
     *,
@@ -138,7 +266,7 @@ def train_hypernet(
     """Train `net` (HyperNet and shared weights) on `data.train`.
 
     Args:
-        net: the SMASH network, already on its device.
+        net: the SMASH module (see `build_smash`), already on its device.
         data: the data set; its validation split is used for the epoch-end evaluation.
         config: training settings.
         checkpoint_path: where checkpoints go; an existing file is resumed from when `resume`.
@@ -152,161 +280,148 @@ def train_hypernet(
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
         CheckpointError: the checkpoint to resume from is unusable.
     """
-    device = net.stem_weight.device
-    space = net.space
+    device = module_device(net)
     with host_sync_allowed(device):  # setup: the data set moves to the device once
         train_images = DeviceImages(data.train, device, data.mean, data.std)
     per_epoch = train_images.num_batches(config.batch_size, drop_last=True)
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(train_images)} images, fewer than one batch of {config.batch_size}")
-    total = per_epoch * config.epochs
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = per_epoch * config.epochs if config.max_steps is None else min(per_epoch * config.epochs, config.max_steps)
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
     optimizer = make_optimizer(net, config)
-    layout = dict(channels_last=config.channels_last)
-
-    # All randomness, from one seed: architectures, z, and the data order / augmentation.
-    arch_rng = np.random.default_rng([config.seed, 1])
-    data_rng = torch.Generator().manual_seed(config.seed)
-    z_rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-    step = epoch = batch_in_epoch = 0
-    epoch_data_state = torch_rng_state(data_rng)
-    history: list[dict[str, float]] = []
-    with host_sync_allowed(device):  # setup: resuming reads the checkpoint into the device
-        if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-            state = load_checkpoint(checkpoint_path, map_location=device, expected_kind=CHECKPOINT_KIND)
-            try:
-                net.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                arch_rng = numpy_rng_from_state(state["arch_rng"])
-                set_torch_rng_state(z_rng, state["z_rng"].cpu())
-                epoch_data_state = state["epoch_data_rng"].cpu()
-                step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-                history = list(state.get("history", []))
-            except (KeyError, ValueError, RuntimeError) as exc:
-                raise CheckpointError(f"cannot resume from {checkpoint_path}: {first_line(exc)}") from None
-
+    run = _Run(net, kind_of(net.space), optimizer, config, device, total, path, on_progress, on_eval, on_checkpoint)
+    state = TrainState.start(config.seed, device)
+    if path is not None and resume and path.exists():
+        state = _restore(run)
     with host_sync_allowed(device):
-        evaluator = _EpochEvaluator(net, data, config, device) if len(data.val) and config.eval_archs else None
-    resumed = checkpoint_path is not None and step > 0
-    last_checkpoint: str | None = str(checkpoint_path) if resumed else None
-    last_eval: TrainEval | None = None
-    running = torch.zeros(3, device=device)  # loss sum, correct, images since the last report
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    reported_step, reported_time = step, time.perf_counter()
-    session_start, session_first_step = reported_time, step
-    last_loss = last_acc = float("nan")
-
-    def checkpoint() -> None:
-        nonlocal last_checkpoint
-        if checkpoint_path is None:
-            return
-        with host_sync_allowed(device):  # host sync: the NaN check, and the copy to disk
-            if bool(nonfinite):  # never save weights touched by a NaN
-                raise TrainingDiverged(_diverged_message(step, last_checkpoint))
-            save_checkpoint(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "total_steps": total,
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "arch_rng": numpy_rng_state(arch_rng),
-                    "z_rng": torch_rng_state(z_rng),
-                    "epoch_data_rng": epoch_data_state,
-                    "config": dataclasses.asdict(config),
-                    "space": space.to_dict(),
-                    "hypernet": dataclasses.asdict(net.hypernet.config),
-                    "num_classes": net.num_classes,
-                    "in_channels": net.in_channels,
-                    "history": history,
-                },
-                checkpoint_path,
-            )
-        last_checkpoint = str(checkpoint_path)
-        if on_checkpoint is not None:
-            on_checkpoint(CheckpointSaved(step, str(checkpoint_path), {"loss": last_loss, "accuracy": last_acc}))
-
-    def report() -> None:
-        nonlocal reported_step, reported_time, last_loss, last_acc
-        with host_sync_allowed(device):
-            loss_sum, correct, images = running.tolist()  # host sync: one copy per report
-            if bool(nonfinite):
-                raise TrainingDiverged(_diverged_message(step, last_checkpoint))
-        now = time.perf_counter()
-        steps = step - reported_step
-        last_loss = loss_sum / max(steps, 1)
-        last_acc = 100.0 * correct / max(images, 1)
-        rate = (step - session_first_step) / max(now - session_start, 1e-9)
-        if on_progress is not None:
-            on_progress(
-                TrainProgress(
-                    step=step,
-                    total_steps=total,
-                    epoch=epoch,
-                    loss=last_loss,
-                    accuracy=last_acc,
-                    images_per_s=images / max(now - reported_time, 1e-9),
-                    lr=optimizer.param_groups[0]["lr"],
-                    elapsed_s=now - session_start,
-                    eta_s=(total - step) / max(rate, 1e-9),
-                )
-            )
-        running.zero_()
-        reported_step, reported_time = step, now
-
-    def evaluate() -> None:
-        nonlocal last_eval
-        if evaluator is None:
-            return
-        with host_sync_allowed(device):
-            last_eval = evaluator(step, epoch)
-        history.append({"step": step, "epoch": epoch, "error": last_eval.error, "loss": last_eval.loss})
-        if on_eval is not None:
-            on_eval(last_eval)
+        evaluator = _EpochEvaluator(run, data) if len(data.val) and config.eval_archs else None
+    session = _Session.start(state, device, str(path) if path is not None and state.step > 0 else None)
 
     net.train()
-    while step < total:
-        set_torch_rng_state(data_rng, epoch_data_state)
-        batches = train_images.batches(
-            config.batch_size, shuffle=True, augment=config.augment, generator=data_rng,
-            drop_last=True, start_batch=batch_in_epoch, **layout,
-        )
-        for x, y in batches:
-            limits = SamplingLimits.annealed(space, step / total) if config.anneal else FULL_SPACE
-            arch = sample(space, arch_rng, limits)
-            lr = cosine_lr(config.lr, step, total)
+    while state.step < run.total:
+        for x, y in _epoch_batches(train_images, config, state):
+            anneal = state.step / run.total if config.anneal else 1.0  # fraction of training done
+            arch = run.kind.sample(net.space, state.arch_rng, anneal)
             for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, correct = train_step(net, optimizer, x, y, arch, z_rng, autocast_context(device, config.bf16))
-            running[0] += loss
-            running[1] += correct
-            running[2] += y.shape[0]
-            nonfinite |= ~torch.isfinite(loss)
-            step += 1
-            batch_in_epoch += 1
-            if step % config.report_interval(total) == 0 or step == total:
-                report()
-            if step >= total:
+                group["lr"] = cosine_lr(config.lr, state.step, run.total)
+            loss, correct = train_step(net, optimizer, x, y, arch, state.z_rng, autocast_context(device, config.bf16))
+            session.add(loss, correct, y.shape[0])
+            state.step += 1
+            state.batch_in_epoch += 1
+            if state.step % config.report_interval(run.total) == 0 or state.step == run.total:
+                _report(run, state, session)
+            if state.step >= run.total:
                 break
             if should_stop is not None and should_stop():
-                report()
-                checkpoint()
-                return TrainOutcome(False, step, total, last_checkpoint, last_eval)
-            if step % config.checkpoint_every == 0:
-                checkpoint()
-        if batch_in_epoch == per_epoch:  # a whole epoch is done
-            epoch += 1
-            batch_in_epoch = 0
-            epoch_data_state = torch_rng_state(data_rng)
-            evaluate()
-            checkpoint()
-    if batch_in_epoch:  # a step budget ended mid-epoch: still evaluate the final state
-        evaluate()
-        checkpoint()
-    return TrainOutcome(True, step, total, last_checkpoint, last_eval)
+                if state.step > session.reported_step:  # an empty report would read as loss 0
+                    _report(run, state, session)
+                _save(run, state, session)
+                return TrainOutcome(False, state.step, run.total, session.checkpoint, session.last_eval)
+            if state.step % config.checkpoint_every == 0:
+                _save(run, state, session)
+        if state.batch_in_epoch == per_epoch:  # a whole epoch is done
+            state.end_epoch()
+            _evaluate(run, state, session, evaluator)
+            _save(run, state, session)
+    if state.batch_in_epoch:  # a step budget ended mid-epoch: still evaluate the final state
+        _evaluate(run, state, session, evaluator)
+        _save(run, state, session)
+    return TrainOutcome(True, state.step, run.total, session.checkpoint, session.last_eval)
+
+
+def _epoch_batches(
+    images: DeviceImages, config: TrainConfig, state: TrainState
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The current epoch's remaining batches: the whole epoch redrawn from its start, the done ones skipped."""
+    set_torch_rng_state(state.data_rng, state.epoch_data_state)
+    return images.batches(
+        config.batch_size,
+        shuffle=True,
+        augment=config.augment,
+        generator=state.data_rng,
+        drop_last=True,
+        start_batch=state.batch_in_epoch,
+        channels_last=config.channels_last,
+    )
+
+
+def _restore(run: _Run) -> TrainState:
+    """Loads the checkpoint at `run.path` into the module and optimiser; returns its state."""
+    assert run.path is not None
+    with host_sync_allowed(run.device):  # setup: resuming reads the checkpoint into the device
+        state = load_checkpoint(run.path, map_location=run.device, expected_kind=CHECKPOINT_KIND)
+        try:
+            run.net.load_state_dict(state["model"])
+            run.optimizer.load_state_dict(state["optimizer"])
+            return TrainState.from_checkpoint(state, run.device)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot resume from {run.path}: {first_line(exc)}") from None
+
+
+def _save(run: _Run, state: TrainState, session: _Session) -> None:
+    """Writes the checkpoint (never of weights touched by a NaN) and reports it."""
+    if run.path is None:
+        return
+    with host_sync_allowed(run.device):  # host sync: the NaN check, and the copy to disk
+        if bool(session.nonfinite):
+            raise TrainingDiverged(_diverged_message(state.step, session.checkpoint))
+        save_checkpoint(
+            {
+                "kind": CHECKPOINT_KIND,
+                "space_kind": run.kind.name,
+                "smash": run.net.checkpoint_meta(),  # what load_smash rebuilds the module from
+                "total_steps": run.total,
+                "model": run.net.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "config": dataclasses.asdict(run.config),
+                **state.to_checkpoint(),
+            },
+            run.path,
+        )
+    session.checkpoint = str(run.path)
+    if run.on_checkpoint is not None:
+        run.on_checkpoint(CheckpointSaved(state.step, str(run.path), {"loss": session.loss, "accuracy": session.accuracy}))
+
+
+def _report(run: _Run, state: TrainState, session: _Session) -> None:
+    """Mean loss, accuracy and throughput since the last report (raises if a loss was not finite)."""
+    with host_sync_allowed(run.device):
+        loss_sum, correct, images = session.sums.tolist()  # host sync: one copy per report
+        if bool(session.nonfinite):
+            raise TrainingDiverged(_diverged_message(state.step, session.checkpoint))
+    now = time.perf_counter()
+    session.loss = loss_sum / max(state.step - session.reported_step, 1)
+    session.accuracy = 100.0 * correct / max(images, 1)
+    rate = (state.step - session.first_step) / max(now - session.start_time, 1e-9)
+    if run.on_progress is not None:
+        run.on_progress(
+            TrainProgress(
+                step=state.step,
+                total_steps=run.total,
+                epoch=state.epoch,
+                loss=session.loss,
+                accuracy=session.accuracy,
+                images_per_s=images / max(now - session.reported_time, 1e-9),
+                lr=run.optimizer.param_groups[0]["lr"],
+                elapsed_s=now - session.start_time,
+                eta_s=(run.total - state.step) / max(rate, 1e-9),
+            )
+        )
+    session.sums.zero_()
+    session.reported_step, session.reported_time = state.step, now
+
+
+def _evaluate(run: _Run, state: TrainState, session: _Session, evaluator: _EpochEvaluator | None) -> None:
+    """Validation with generated weights, added to the history and reported."""
+    if evaluator is None:
+        return
+    with host_sync_allowed(run.device):
+        session.last_eval = evaluator(state.step, state.epoch)
+    state.history.append(
+        {"step": state.step, "epoch": state.epoch, "error": session.last_eval.error, "loss": session.last_eval.loss}
+    )
+    if run.on_eval is not None:
+        run.on_eval(session.last_eval)
 
 
 def _diverged_message(step: int, checkpoint: str | None) -> str:
@@ -317,16 +432,17 @@ def _diverged_message(step: int, checkpoint: str | None) -> str:
 class _EpochEvaluator:
     """Mean validation error of a fixed set of random architectures, with generated weights."""
 
-    def __init__(self, net: SmashNet, data: Dataset, config: TrainConfig, device: torch.device) -> None:
+    def __init__(self, run: _Run, data: Dataset) -> None:
+        config, device = run.config, run.device
         val = DeviceImages(data.val, device, data.mean, data.std)
         train = DeviceImages(data.train, device, data.mean, data.std) if config.eval_bn_batches else None
         images = min(config.eval_images, len(val))
         score_config = ScoreConfig(
             images=images, seed=config.seed, bf16=config.bf16, bn_recalibration_batches=config.eval_bn_batches
         )
-        self.scorer = Scorer(net, val, score_config, train=train)
+        self.scorer = Scorer(run.net, val, score_config, train=train)
         rng = np.random.default_rng([config.seed, 2])
-        self.archs = [sample(net.space, rng) for _ in range(config.eval_archs)]
+        self.archs = [run.kind.sample(run.net.space, rng) for _ in range(config.eval_archs)]
         self.images = images
 
     def __call__(self, step: int, epoch: int) -> TrainEval:
@@ -339,3 +455,18 @@ class _EpochEvaluator:
             architectures=len(scores),
             images=self.images,
         )
+
+
+__all__ = [
+    "CHECKPOINT_KIND",
+    "TrainConfig",
+    "TrainOutcome",
+    "TrainState",
+    "TrainingDiverged",
+    "build_smash",
+    "cosine_lr",
+    "load_smash",
+    "make_optimizer",
+    "train_hypernet",
+    "train_step",
+]

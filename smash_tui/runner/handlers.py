@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from sqlalchemy.orm import Session
 
-from engine.arch import Architecture
 from engine.errors import ConfigError
 from engine.jobs import run_retrain_job, run_score_job, run_search_job, run_train
+from engine.kinds import kind_of
 from engine.params import (
     ExperimentSpec,
     RetrainParams,
@@ -159,7 +159,7 @@ def score(
                 f"not {experiment.id}"
             )
     context.checkpoint_id = saved.id
-    todo = [Architecture.from_json(row.spec) for row in rows if row.hash not in done]
+    todo = [kind_of(spec.space).parse(row.spec) for row in rows if row.hash not in done]
     if len(todo) < len(rows):
         context.event(
             f"{len(rows) - len(todo)} of {len(rows)} architectures already have a "
@@ -196,7 +196,7 @@ def retrain(
             records.set_retrain_state(session, [row.id], "running")
         session.commit()
     context.retrain_id = retrain.id
-    arch = Architecture.from_json(row.spec)
+    arch = kind_of(spec.space).parse(row.spec)
     folder = job_dir(db, experiment.id)
     checkpoint_path = folder / f"retrain-{job.id}.pt"
     weights_path = folder / f"retrain-{job.id}-weights.pt"

@@ -136,6 +136,27 @@ def test_bf16_channels_last_training_gradients_are_finite_with_height_dilated_co
     assert dilated >= 3
 
 
+def test_bf16_channels_last_retraining_gradients_are_finite_with_height_dilated_convs() -> None:
+    # The derived network hits the same oneDNN bug when it is retrained in bf16 on the
+    # CPU: three of these eight architectures got NaN weight gradients before its convs
+    # took the SMASH network's fp32 weight-gradient path.
+    rng = np.random.default_rng(0)
+    x = torch.randn(32, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (32,))
+    dilated = 0
+    for _ in range(8):
+        arch = sample(TINY, rng)
+        dilated += _height_dilated(arch)
+        torch.manual_seed(0)
+        model = build_model(arch).to(memory_format=torch.channels_last).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        bad = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, (arch, bad)
+    assert dilated >= 3
+
+
 def test_bf16_height_dilated_conv_matches_fp32_values_and_gradients() -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 16, 32, 32).to(memory_format=torch.channels_last).requires_grad_()
