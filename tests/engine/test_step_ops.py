@@ -28,8 +28,8 @@ from engine.hypernet import HyperNet, joint_weight_norm, op_weights
 from engine.network import (
     SmashNet,
     _conv_slice,
-    _height_dilated_bf16,
     _HeightDilatedConvBF16,
+    _needs_fp32_weight_grad,
     forward_architecture,
 )
 from engine.sampler import sample
@@ -133,7 +133,7 @@ class _ReferenceSource:
     def conv(self, block: int, op_index: int, slot: int, x: torch.Tensor, op) -> torch.Tensor:  # type: ignore[no-untyped-def]
         spec = op.convs[slot]
         weight = _conv_slice(self.net.body[4 * block + slot], spec, x.shape[1], op.units)
-        if _height_dilated_bf16(spec, x.device):
+        if _needs_fp32_weight_grad(spec, x.device):
             return _HeightDilatedConvBF16.apply(x, weight, spec.padding(), spec.dilation, spec.groups)
         return F.conv2d(x, weight, padding=spec.padding(), dilation=spec.dilation, groups=spec.groups)
 
