@@ -42,6 +42,7 @@ from engine.retrain import RetrainEpoch, RetrainResult, retrain
 from engine.score import Racer, Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
 from engine.search import Result, ScoreBatch, run_search
 from engine.train import build_smash, load_smash, train_hypernet
+from engine.truth import TruthTable, load_truth
 
 # Seconds after which buffered scores are handed over even if fewer than commit_every.
 SCORE_FLUSH_S = 5.0
@@ -66,6 +67,7 @@ class ScoredArchitecture:
     images: int  # validation images it was measured on
     z_draws: int  # z draws averaged
     method: str  # how it was measured (see score_method)
+    bench_acc: float | None = None  # the benchmark table's accuracy of it, when the experiment has one
 
 
 class JobReporter(Protocol):
@@ -91,10 +93,15 @@ class JobReporter(Protocol):
 
 
 def describe(
-    arch: Arch, spec: ExperimentSpec, score: Score, source: str, config: ScoreConfig
+    arch: Arch,
+    spec: ExperimentSpec,
+    score: Score,
+    source: str,
+    config: ScoreConfig,
+    truth: TruthTable | None = None,
 ) -> ScoredArchitecture:
-    """Size, cost and score of an architecture, ready to record."""
-    cost = kind_of(spec.space).cost(arch, spec.num_classes, spec.in_channels, spec.image_size)
+    """Size and cost (of the network the search scored), score and truth, ready to record."""
+    cost = kind_of(spec.space).cost(arch, spec.num_classes, spec.in_channels, spec.image_size, space=spec.space)
     return ScoredArchitecture(
         spec=arch.to_json(),
         hash=arch.hash,
@@ -108,6 +115,7 @@ def describe(
         images=score.images,
         z_draws=score.z_draws,
         method=score_method(score.method, config),
+        bench_acc=None if truth is None else truth.accuracy(arch),
     )
 
 
@@ -197,7 +205,7 @@ def run_train(
     # The initial weights follow from the experiment's seed; the caller's RNG is left alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        net = build_smash(spec.space, spec.num_classes, spec.in_channels, spec.hypernet, device)
+        net = build_smash(spec.space, spec.num_classes, spec.in_channels, spec.hypernet, device, spec.weights)
 
     def on_progress(event: TrainProgress) -> None:
         reporter.metrics(
@@ -256,6 +264,15 @@ def _scorer(
     return Scorer(net, val, config, train=train)
 
 
+def _truth(spec: ExperimentSpec, reporter: JobReporter) -> TruthTable | None:
+    """The experiment's benchmark table, read once per job (None without one)."""
+    if spec.truth is None:
+        return None
+    table = load_truth(spec.truth)
+    reporter.event(f"benchmark truth: {spec.truth.label} ({len(table.by_class)} classes of cells)")
+    return table
+
+
 def run_search_job(
     spec: ExperimentSpec,
     params: SearchParams,
@@ -280,6 +297,7 @@ def run_search_job(
         True when the search ran to its end; False when it stopped on request.
     """
     scorer = _scorer(spec, params.score, device, hypernet_path)
+    truth = _truth(spec, reporter)
     score_batch: ScoreBatch
     if params.racing:
         score_batch = Racer(scorer, params.race)  # every batch races against the best so far
@@ -294,7 +312,7 @@ def run_search_job(
     state = {"new": 0, "best": best_full_error((s.method, s.error) for s in known.values())}
 
     def on_result(result: Result) -> None:
-        buffer.add(describe(result.arch, spec, result.score, result.source, params.score))
+        buffer.add(describe(result.arch, spec, result.score, result.source, params.score, truth))
         state["new"] += 1
         if result.score.method == "full":  # a racing drop's partial error is no "best"
             state["best"] = min(state["best"], result.score.error)
@@ -336,13 +354,14 @@ def run_score_job(
         True when all were scored; False when it stopped on request.
     """
     scorer = _scorer(spec, params.score, device, hypernet_path)
+    truth = _truth(spec, reporter)
     buffer = _ScoreBuffer(reporter, 8)
     try:
         for index, arch in enumerate(architectures):
             if reporter.should_stop():
                 return False
             score = scorer.score(arch)
-            buffer.add(describe(arch, spec, score, "rescore", params.score))
+            buffer.add(describe(arch, spec, score, "rescore", params.score, truth))
             reporter.progress(
                 (index + 1) / len(architectures),
                 f"{index + 1}/{len(architectures)} scored",
@@ -405,6 +424,7 @@ def run_retrain_job(
         num_classes=spec.num_classes,
         in_channels=spec.in_channels,
         kind=kind_of(spec.space),
+        space=spec.space,  # the network the search scored is the one retrained
     )
     if result is None:
         return None

@@ -28,6 +28,7 @@ import typing
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.config import (
@@ -47,11 +48,15 @@ from engine.config import (
     TrainConfig,
 )
 from engine.errors import ConfigError, DatasetError, first_line
-from engine.space import InvalidSearchSpace, SearchSpace, get_preset
+from engine.space import InvalidSearchSpace
+from engine.spaces import Space, get_preset, space_from_dict
+from engine.truth import TRUTH_COLUMNS, TruthConfig, column_for, load_truth
 
 _Config = TypeVar("_Config")
 MAX_TEXT = 1000  # longest text setting (names, paths): a longer one is a mistake or an attack
 COMMIT_EVERY = 8  # scored architectures per database commit (what a crash may lose)
+WEIGHT_MODES = ("hypernet", "shared")  # SMASH's generated weights, or plain weight sharing (nb201)
+NB201_KIND = "nb201"
 
 
 # Values ------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def _params(params: Any, kind: str) -> Mapping[str, Any]:
 class ExperimentSpec:
     """What every job of an experiment shares: the space, the data and the HyperNet."""
 
-    space: SearchSpace  # what sampled architectures may contain
+    space: Space  # what sampled architectures may contain (a banks SearchSpace or an nb201 CellSpace)
     data: DataConfig  # the data set and its validation carve-out
     hypernet: HyperNetConfig  # capacity of the HyperNet
     seed: int  # seed of every random choice in the experiment
@@ -213,6 +218,8 @@ class ExperimentSpec:
     train_images: int | None = None  # images to train on (None: an experiment stored before it was kept)
     val_images: int | None = None  # validation images architectures are scored on
     test_images: int | None = None  # test images of retrained networks
+    weights: str = "hypernet"  # one of WEIGHT_MODES: SMASH's HyperNet, or plain weight sharing
+    truth: TruthConfig | None = None  # a benchmark table giving each scored cell's accuracy
 
     def config(self) -> dict[str, Any]:
         """The experiment's ``config`` JSON (the space and the seed are stored beside it)."""
@@ -225,6 +232,8 @@ class ExperimentSpec:
             "train_images": self.train_images,
             "val_images": self.val_images,
             "test_images": self.test_images,
+            "weights": self.weights,
+            "truth": None if self.truth is None else {"path": self.truth.path, "column": self.truth.column},
         }
 
     @classmethod
@@ -242,7 +251,7 @@ class ExperimentSpec:
             ConfigError: The stored values do not describe an experiment.
         """
         try:
-            space = SearchSpace.from_dict(dict(search_space))
+            space = space_from_dict(search_space)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"search space: {first_line(exc)}") from None
         try:
@@ -253,6 +262,10 @@ class ExperimentSpec:
             key: None if config.get(key) is None else check_int(config[key], key)
             for key in ("train_images", "val_images", "test_images")
         }
+        weights = config.get("weights", "hypernet")
+        if weights not in WEIGHT_MODES:
+            raise ConfigError(f"experiment config: unknown weights {weights!r} (one of {', '.join(WEIGHT_MODES)})")
+        truth = config.get("truth")
         return cls(
             space=space,
             data=config_from_dict(DataConfig, config.get("data"), "data"),
@@ -260,6 +273,8 @@ class ExperimentSpec:
             seed=check_int(seed, "seed"),
             **sizes,
             **splits,
+            weights=weights,
+            truth=None if truth is None else config_from_dict(TruthConfig, truth, "truth"),
         )
 
 
@@ -432,17 +447,22 @@ class SearchRequest:
     image_size: int | None = DataConfig.image_size  # resize images to this square side
     data_root: str | None = DataConfig.root  # download cache of torchvision data sets
     name: str | None = None  # experiment name (None: made up from the data set, preset and time)
+    weights: str = "hypernet"  # one of WEIGHT_MODES ("shared": the weight-sharing baseline, nb201 only)
+    truth: str | None = None  # a benchmark table (CSV) of the preset's cells: each score's truth
+    truth_column: str | None = None  # its accuracy column, a key of TRUTH_COLUMNS (None: from the data set)
 
 
 @dataclass(frozen=True)
 class SearchPlan:
     """A validated search request: what the experiment and its two jobs will hold."""
 
-    space: SearchSpace  # the preset's search space
+    space: Space  # the preset's search space
     data: DataConfig  # the data set and its carve-out
     hypernet: HyperNetConfig  # the HyperNet's capacity
     train: TrainParams  # the train job's parameters
     search: SearchParams  # the search job's parameters
+    weights: str = "hypernet"  # one of WEIGHT_MODES
+    truth: TruthConfig | None = None  # the benchmark table, checked
 
 
 def plan_search(request: SearchRequest) -> SearchPlan:
@@ -473,9 +493,10 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     search = _request_config(SearchConfig, "search", request, _SEARCH_FIELDS)
     score = _request_config(ScoreConfig, "score", request, _SCORE_FIELDS)
     race = _request_config(RaceConfig, "race", request, {"top_k": "race_top_k"})
+    weights, truth = _weights_and_truth(request, space, data)
     check_int(request.commit_every, "commit-every", field="commit_every", low=1)
     params = SearchParams(search=search, score=score, racing=request.racing, race=race, commit_every=request.commit_every)
-    return SearchPlan(space, data, HYPERNET_SIZES[request.hypernet], TrainParams(train), params)
+    return SearchPlan(space, data, HYPERNET_SIZES[request.hypernet], TrainParams(train), params, weights, truth)
 
 
 # Which request field gives each config field (config field -> request field).
@@ -502,6 +523,32 @@ def _request_config(cls: type[_Config], what: str, request: SearchRequest, field
         field = fields.get(exc.field, exc.field)
         detail = detail.removeprefix(f"{cls.__name__}.{exc.field} ")  # type: ignore[attr-defined]
         raise ConfigError(f"--{field.replace('_', '-')} {detail}", field) from None
+
+
+def _weights_and_truth(request: SearchRequest, space: Space, data: DataConfig) -> tuple[str, TruthConfig | None]:
+    """The weights mode and the benchmark table, checked against the space and the data set."""
+    if request.weights not in WEIGHT_MODES:
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {request.weights!r}", "weights")
+    if request.weights == "shared" and space.kind != NB201_KIND:
+        raise ConfigError("--weights shared (plain weight sharing) needs an nb201 preset", "weights")
+    if request.truth is None:
+        if request.truth_column is not None:
+            raise ConfigError("--truth-column needs --truth (a benchmark table)", "truth_column")
+        return request.weights, None
+    if space.kind != NB201_KIND:
+        raise ConfigError("--truth needs an nb201 preset: the table lists NAS-Bench-201 cells", "truth")
+    if not Path(request.truth).expanduser().is_file():
+        raise ConfigError(f"--truth: {request.truth} does not exist or is not a file", "truth")
+    column = request.truth_column or column_for(data)
+    if column is None:
+        raise ConfigError(
+            f"--truth-column is needed ({', '.join(TRUTH_COLUMNS)}): data set {data.dataset} does not say "
+            "which of the table's accuracies to compare with",
+            "truth_column",
+        )
+    truth = TruthConfig(str(Path(request.truth).expanduser().resolve()), column)
+    load_truth(truth)  # a malformed table is refused here, before anything is written
+    return request.weights, truth
 
 
 def _data_config(request: SearchRequest) -> DataConfig:

@@ -84,6 +84,8 @@ def queue_search(db: Database, request: SearchRequest, plan: SearchPlan, shape: 
         hypernet=plan.hypernet,
         seed=request.seed,
         **shape.to_dict(),
+        weights=plan.weights,
+        truth=plan.truth,
     )
     with db.session() as session:
         name = request.name

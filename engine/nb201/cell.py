@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from typing import Any, ClassVar
 
+from engine.arch import InvalidArchitecture
+
 OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 CONV_OPS: tuple[str, ...] = ("nor_conv_1x1", "nor_conv_3x3")  # the ops with weights
 CONV_KERNELS: dict[str, int] = {"nor_conv_1x1": 1, "nor_conv_3x3": 3}
@@ -66,11 +68,14 @@ KIND = "nb201"
 _INPUT = -1  # the atom source that stands for the cell's input in canonical sums
 
 
-class InvalidCell(ValueError):
-    """A cell that is malformed; the one-line message names the offending field."""
+class InvalidCell(InvalidArchitecture):
+    """A cell that is malformed; the one-line message names the offending field.
+
+    An `InvalidArchitecture`, so every caller that refuses a bad architecture refuses a bad cell.
+    """
 
     def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"invalid nb201 cell: {field}: {problem}")
+        ValueError.__init__(self, f"invalid nb201 cell: {field}: {problem}")
         self.field = field
         self.problem = problem
 

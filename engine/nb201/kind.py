@@ -17,7 +17,7 @@ from engine.hypernet import HyperNetConfig
 from engine.nb201 import sampler
 from engine.nb201.cell import Cell, describe_cell, parse_architecture
 from engine.nb201.cost import cell_cost
-from engine.nb201.network import NB201Net, NB201Smash, build_model
+from engine.nb201.network import NB201Net, NB201Smash, build_model, smash_from_meta
 from engine.nb201.space import KIND, CellSpace
 
 
@@ -25,6 +25,7 @@ class NB201Kind:
     """NAS-Bench-201 cells. Stateless: one shared instance, `NB201`."""
 
     name: str = KIND
+    init_recipes: tuple[str, ...] = ("kaiming",)  # the "banks" recipe scales bank writes; cells have none
 
     def space_from_dict(self, data: Mapping[str, Any]) -> CellSpace:
         return CellSpace.from_dict(data)
@@ -34,7 +35,7 @@ class NB201Kind:
         return parse_architecture(text, space)
 
     def sample(self, space: CellSpace, rng: np.random.Generator, progress: float = 1.0) -> Cell:
-        """Uniform over the 15,625 cells; nb201 does not anneal, so `progress` is ignored."""
+        """Uniform over the benchmark's 6,466 distinct cells; nb201 does not anneal, so `progress` is ignored."""
         return sampler.sample(space, rng, progress)
 
     def perturb(self, arch: Cell, space: CellSpace, rng: np.random.Generator, p: float) -> Cell:
@@ -50,6 +51,10 @@ class NB201Kind:
         weights: str = "hypernet",
     ) -> NB201Smash:
         return NB201Smash(space, num_classes, in_channels, hypernet, weights)
+
+    def smash_from_meta(self, meta: Mapping[str, Any]) -> NB201Smash:
+        """An untrained module shaped like the one whose `checkpoint_meta` this is."""
+        return smash_from_meta(meta)
 
     def build_model(
         self, arch: Cell, num_classes: int, in_channels: int, space: CellSpace | None = None

@@ -13,10 +13,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from engine.space import InvalidSearchSpace
+
 KIND = "nb201"
 
 
-class InvalidCellSpace(ValueError):
+class InvalidCellSpace(InvalidSearchSpace):
     """An nb201 space configuration that cannot build a network; the message is one line."""
 
 

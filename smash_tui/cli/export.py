@@ -40,8 +40,7 @@ from pathlib import Path
 
 import torch
 
-from engine.arch import Architecture
-from engine.network import build_model
+from engine.kinds import kind_of, space_from_dict
 
 HERE = Path(__file__).resolve().parent
 INFO = json.loads((HERE / "model.json").read_text(encoding="utf-8"))
@@ -49,8 +48,10 @@ INFO = json.loads((HERE / "model.json").read_text(encoding="utf-8"))
 
 def load_model(device: str = "cpu") -> torch.nn.Module:
     """The network of architecture.json with the weights of weights.pt, in eval mode."""
-    arch = Architecture.from_json((HERE / "architecture.json").read_text(encoding="utf-8"))
-    model = build_model(arch, num_classes=INFO["num_classes"], in_channels=INFO["in_channels"])
+    space = space_from_dict(INFO["space"])  # the search space it was scored in: its size, its kind
+    kind = kind_of(space)
+    arch = kind.parse((HERE / "architecture.json").read_text(encoding="utf-8"), space)
+    model = kind.build_model(arch, INFO["num_classes"], INFO["in_channels"], space)
     state = torch.load(HERE / "weights.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval()
@@ -105,11 +106,11 @@ def export(
     architecture never retrained gets the weights SMASH generates for it (what its
     score measured, not trained on their own); model.json says which.
     """
-    from engine.arch import Architecture
     from engine.checkpoint import load_weights, save_weights
     from engine.config import ScoreConfig
     from engine.errors import ConfigError
     from engine.jobs import get_dataset, smash_initialised_model
+    from engine.kinds import kind_of
     from engine.params import ExperimentSpec, config_from_dict
 
     architecture_id = parse_id(architecture, "architecture")
@@ -136,7 +137,7 @@ def export(
         score_config = config_from_dict(ScoreConfig, score_params or {"seed": experiment.seed}, "score")
     except ConfigError as error:
         fail(f"architecture {architecture_id}: its scoring job's settings cannot be read: {error}")
-    arch = Architecture.from_json(detail.spec)
+    arch = kind_of(spec.space).parse(detail.spec, spec.space)
     best = _best_retrain(detail.retrains)
     data = get_dataset(spec.data)
     # Everything is loaded and checked before the folder is touched.
@@ -171,6 +172,7 @@ def export(
         "mean": [round(value, 6) for value in data.mean],
         "std": [round(value, 6) for value in data.std],
         "classes": list(data.classes),
+        "space": spec.space.to_dict(),
     }
     try:
         directory.mkdir(parents=True, exist_ok=True)

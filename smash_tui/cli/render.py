@@ -111,12 +111,19 @@ def _banks(indices: Iterable[int]) -> str:
 
 
 def architecture_diagram(spec: dict[str, Any], image_size: int | None = None) -> RenderableType:
-    """The architecture block by block: banks, and per op its reads -> 1x1 -> body -> writes.
+    """The architecture: an nb201 cell node by node, or a banks network block by block.
+
+    A banks block shows its banks, and per op its reads -> 1x1 -> body -> writes.
 
     Args:
-        spec: The architecture as parsed JSON (``Architecture.to_dict`` form).
+        spec: The architecture as parsed JSON (``to_dict`` form of its kind).
         image_size: Input side in pixels, to show each block's resolution; None omits it.
     """
+    if spec.get("kind") == "nb201":
+        from engine.nb201.cell import Cell, describe_cell  # torch-free
+
+        lines = describe_cell(Cell.from_dict(spec))
+        return Text("\n".join(lines))
     parts: list[RenderableType] = [
         Text(
             f"stem: {spec['stem_kernel']}x{spec['stem_kernel']} conv -> "
@@ -195,7 +202,8 @@ def architecture_report(
         f"params {human(row.params)} ({row.params:,}) · FLOPs {human(row.flops)} per image · "
         f"depth {row.depth} · ops {row.ops} · found by {row.source} · "
         f"SMASH error {percent(row.err)}%{_partial_note(detail)} · "
-        f"retrained test accuracy {percent(row.acc)}%",
+        f"retrained test accuracy {percent(row.acc)}%"
+        + ("" if row.bench is None else f" · benchmark accuracy {percent(row.bench)}% (not trained here)"),
     )
     parts: list[RenderableType] = [summary, Text("")]
     parts.append(architecture_diagram(json.loads(detail.spec), image_size))

@@ -30,7 +30,8 @@ from engine.params import (
     plan_search,
 )
 from engine.probe import DataShape, probe_dataset
-from engine.space import PRESETS
+from engine.spaces import PRESETS
+from engine.truth import TRUTH_COLUMNS
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,
@@ -148,6 +149,18 @@ def search(
     data_root: Annotated[
         str | None, typer.Option(help="Download folder of torchvision data sets.")
     ] = DEFAULT.data_root,
+    weights: Annotated[
+        str,
+        typer.Option(help="hypernet: SMASH's generated weights; shared: plain weight sharing (nb201 presets)."),
+    ] = DEFAULT.weights,
+    truth: Annotated[
+        str | None,
+        typer.Option(help="A benchmark table (CSV, NAS-Bench-201 layout) giving each scored cell's accuracy."),
+    ] = DEFAULT.truth,
+    truth_column: Annotated[
+        str | None,
+        typer.Option(help=f"The table's accuracy column: {', '.join(TRUTH_COLUMNS)} [default: from --dataset]."),
+    ] = DEFAULT.truth_column,
     detach_: DetachOption = False,
     device: DeviceOption = "auto",
     threads: ThreadsOption = None,

@@ -117,6 +117,7 @@ class JobContext:
                         depth=item.depth,
                         num_ops=item.num_ops,
                         source=item.source,
+                        bench_acc=item.bench_acc,
                     )
                     for item in results
                 ],

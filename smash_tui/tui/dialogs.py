@@ -18,7 +18,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from engine.config import STRATEGIES
-from engine.space import PRESETS
+from engine.spaces import PRESETS
 from smash_tui.tui.forms import (
     FormError,
     RetrainSettings,

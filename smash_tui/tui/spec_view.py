@@ -1,7 +1,8 @@
 """A text diagram of an architecture, read from its stored spec JSON.
 
-The app must not import ``engine`` (it would pull in torch), so this reads the
-JSON the engine writes (``engine.arch.Architecture.to_dict``) directly::
+The app must not load torch, so this reads the JSON the engine writes
+(``engine.arch.Architecture.to_dict``) directly; an nb201 cell is drawn by
+``engine.nb201.cell``, which is torch-free::
 
     {"schema": 1, "stem_kernel": 3,
      "blocks": [{"in_channels": 16, "bank_size": 8,
@@ -71,6 +72,10 @@ def spec_diagram(spec: str) -> Text:
     """
     try:
         data = json.loads(spec)
+        if data.get("kind") == "nb201":  # a NAS-Bench-201 cell: its nodes (torch-free engine code)
+            from engine.nb201.cell import Cell, describe_cell
+
+            return Text("\n".join(describe_cell(Cell.from_dict(data))))
         blocks = data["blocks"]
         text = Text()
         text.append("op: reads→writes  out channels  bottleneck  path A ‖ path B\n", style="dim")

@@ -1,0 +1,59 @@
+"""Search spaces of every kind, by preset name and by stored dict (torch-free).
+
+`engine.kinds` reaches a space's loops; this module only knows the space values, so
+the command line and the app can list presets and read stored experiments without
+loading torch. A stored dict names its kind under "kind"; one without is a banks space
+(every experiment stored before kinds existed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engine.nb201.space import PRESETS as NB201_PRESETS
+from engine.nb201.space import CellSpace, InvalidCellSpace
+from engine.space import KIND as BANKS
+from engine.space import PRESETS as BANKS_PRESETS
+from engine.space import InvalidSearchSpace, SearchSpace
+
+Space = Any  # a SearchSpace or a CellSpace
+SPACE_TYPES: dict[str, type] = {BANKS: SearchSpace, CellSpace.kind: CellSpace}
+PRESETS: dict[str, Space] = {**BANKS_PRESETS, **NB201_PRESETS}
+
+
+def get_preset(name: str) -> Space:
+    """The named preset of any kind.
+
+    Raises:
+        InvalidSearchSpace: listing the known names.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidSearchSpace(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
+
+
+def space_from_dict(data: Mapping[str, Any]) -> Space:
+    """A space from its stored dict, by its "kind" (none: banks).
+
+    Raises:
+        InvalidSearchSpace: not a dict, an unknown kind, or a space its kind refuses.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidSearchSpace(f"a search space must be an object, got {type(data).__name__}")
+    kind = data.get("kind", BANKS)
+    if kind not in SPACE_TYPES:
+        raise InvalidSearchSpace(f"unknown search-space kind {kind!r} (known: {', '.join(SPACE_TYPES)})")
+    try:
+        return SPACE_TYPES[kind].from_dict(dict(data))  # type: ignore[attr-defined]
+    except InvalidCellSpace as exc:
+        raise InvalidSearchSpace(str(exc)) from None
+
+
+def kind_name(space: Space) -> str:
+    """The kind of a space value ("banks" or "nb201")."""
+    return str(space.kind)
+
+
+__all__ = ["PRESETS", "SPACE_TYPES", "Space", "get_preset", "kind_name", "space_from_dict"]
