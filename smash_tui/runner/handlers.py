@@ -124,10 +124,16 @@ def search(
         best = (
             "" if math.isinf(context.best_error) else f"; best error {context.best_error:.2f}%"
         )
+        # Cells the benchmark table lacks are stored without a truth: say how many.
+        missing = (
+            ""
+            if spec.truth is None
+            else f"; {records.count_without_truth(session, job.id)} not in the benchmark table"
+        )
         records.add_event(
             session,
             f"search done: {context.scored_count} architectures scored by this run "
-            f"({len(known)} known before){best}",
+            f"({len(known)} known before{missing}){best}",
             job_id=job.id,
         )
 
