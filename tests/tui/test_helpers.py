@@ -56,6 +56,18 @@ def test_correlations_match_scipy_with_ties(seed: int) -> None:
         assert rho == pytest.approx(expected_rho)
 
 
+@pytest.mark.parametrize("distinct", [3, 50, None])
+def test_kendall_tau_over_a_whole_benchmark_search_matches_scipy(distinct: int | None) -> None:
+    # 6,466 pairs: every class of nb201 cells scored, ranked against its benchmark accuracy.
+    rng = random.Random(distinct)
+    truth = [rng.random() if distinct is None else float(rng.randrange(distinct)) for _ in range(6466)]
+    errors = [-value + rng.gauss(0, 0.5) for value in truth]
+    if distinct is not None:
+        errors = [round(value, 1) for value in errors]  # ties on both sides
+    expected = scipy_stats.kendalltau(errors, truth).statistic
+    assert kendall_tau(errors, truth) == pytest.approx(expected, abs=1e-12)
+
+
 def test_correlations_are_undefined_without_two_pairs_or_with_a_constant_side() -> None:
     assert correlation([], []).kendall_tau is None
     assert correlation([1.0], [2.0]).spearman_rho is None
