@@ -173,11 +173,22 @@ def test_search_form_checks_data_sets_and_paths(tmp_path: Path) -> None:
         _search(seed="-2")
 
 
-def test_search_settings_become_smash_search_options() -> None:
+def test_search_settings_become_smash_search_options(tmp_path: Path) -> None:
     settings = _search(name=" run-a ", epochs="2")
     assert settings.cli_args() == [
         "--dataset", "synthetic", "--preset", "tiny", "--epochs", "2", "--archs", "100",
-        "--strategy", "random", "--seed", "0", "--name", "run-a",
+        "--strategy", "random", "--seed", "0", "--weights", "hypernet", "--name", "run-a",
+    ]  # fmt: skip
+    # A benchmark table is passed as the engine resolved it: absolute, with the column the
+    # data set chose named.
+    table = tmp_path / "t.csv"
+    table.write_text("CIFAR10TestAccuracy200Epochs,ArchitectureString\n"
+                     "90.5,|none~0|+|none~0|none~1|+|none~0|none~1|none~2|\n")  # fmt: skip
+    settings = _search(dataset="cifar10", preset="nb201-tiny", weights="shared", truth=f" {table} ")
+    resolved = str(table.resolve())
+    assert (settings.truth, settings.truth_column, settings.weights) == (resolved, "cifar10", "shared")
+    assert settings.cli_args()[-6:] == [
+        "--weights", "shared", "--truth", resolved, "--truth-column", "cifar10",
     ]  # fmt: skip
 
 
