@@ -38,25 +38,25 @@ def append_partial_note(text: Text, partial: int, separator: str) -> None:
 
 
 def correlation_text(data: ProxyData) -> Text:
-    """ "Kendall τ -0.80 · Spearman ρ -0.90 · 5 pairs" with a reading of the sign."""
+    """ "Kendall τ -0.80 · Spearman ρ -0.90 · 5 pairs" with a reading of the sign (one line at 120 columns)."""
     corr = data.correlation
     text = Text()
     text.append("Kendall τ ", style="bold")
     text.append(fixed(corr.kendall_tau), style="bold cyan")
-    text.append("  ·  Spearman ρ ", style="bold")
+    text.append(" · Spearman ρ ", style="bold")
     text.append(fixed(corr.spearman_rho), style="bold cyan")
-    text.append(f"  ·  {corr.pairs:,} pair{'s' if corr.pairs != 1 else ''}")
+    text.append(f" · {corr.pairs:,} pair{'s' if corr.pairs != 1 else ''}")
     if corr.tau_chance_sd is not None:
         # How far tau strays from 0 by chance alone over this many pairs.
-        text.append(f"  ·  chance alone ±{corr.tau_chance_sd:.2f}")
-    append_partial_note(text, data.partial, "  ·  ")
+        text.append(f" · chance alone ±{corr.tau_chance_sd:.2f}")
+    append_partial_note(text, data.partial, " · ")
     if corr.pairs < 2:
         if data.truth == "benchmark":
             text.append("  (wait for at least two scored cells the table lists)", style="dim")
         else:
             text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
     elif corr.kendall_tau is not None:
-        text.append("  (negative: lower SMASH error ↔ higher accuracy, as hoped)", style="dim")
+        text.append("  (negative: ranks agree)", style="dim")
     return text
 
 
