@@ -218,6 +218,8 @@ async def test_the_detail_pane_draws_an_nb201_cell(
         assert f"Architecture {screen._detail_id}" in shown
         assert "cell |" in shown and "node 0 = input" in shown and "<- output" in shown
         assert "Scores" in shown
+        bench = cells.benches[screen._detail_id]
+        assert f"benchmark {fixed(bench)} % (the experiment's table; not trained here)" in shown
 
 
 # --- the new-search form ----------------------------------------------------------------------
