@@ -53,6 +53,10 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class DeviceMemoryError(RuntimeError):
+    """The device ran out of memory where no smaller batch can help; one line for the user."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message, or its type name when it has none.
 
@@ -70,6 +74,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DeviceError",
+    "DeviceMemoryError",
     "InvalidRetrainConfig",
     "RetrainError",
     "TrainingDiverged",

@@ -23,7 +23,7 @@ import torch
 
 from engine.checkpoint import CheckpointError, save_weights
 from engine.config import DataConfig, ScoreConfig
-from engine.data import Dataset, DeviceImages, load_dataset
+from engine.data import Dataset, device_images, load_dataset
 from engine.device import autocast_context
 from engine.errors import ConfigError, DatasetError
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
@@ -39,7 +39,7 @@ from engine.params import (
     score_method,
 )
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
-from engine.score import Racer, Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
+from engine.score import Racer, Score, Scorer, bn_recalibrated, recalibration_batches, z_generator
 from engine.search import Result, ScoreBatch, run_search
 from engine.train import build_smash, load_smash, train_hypernet
 from engine.truth import TruthTable, load_truth
@@ -249,19 +249,28 @@ def run_train(
 
 
 def _scorer(
-    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path
+    spec: ExperimentSpec,
+    config: ScoreConfig,
+    device: torch.device,
+    hypernet_path: Path,
+    reporter: JobReporter | None = None,
+    first_rung: int | None = None,
 ) -> Scorer:
+    def on_batch_halved(old: int, new: int, reason: str) -> None:
+        if reporter is not None:
+            reporter.event(f"scoring ran out of device memory at batch {old}, goes on at batch {new}: {reason}", "warning")
+
     net, _ = load_smash(hypernet_path, device)
     data = experiment_data(spec)
     if len(data.val) == 0:
         raise ConfigError("the validation split is empty: there is nothing to score on")
-    val = DeviceImages(data.val, device, data.mean, data.std)
+    val = device_images(data.val, device, data.mean, data.std)
     train = (
-        DeviceImages(data.train, device, data.mean, data.std)
+        device_images(data.train, device, data.mean, data.std)  # the one training uploaded
         if config.bn_recalibration_batches
         else None
     )
-    return Scorer(net, val, config, train=train)
+    return Scorer(net, val, config, train=train, first_rung=first_rung, on_batch_halved=on_batch_halved)
 
 
 def _truth(spec: ExperimentSpec, reporter: JobReporter) -> TruthTable | None:
@@ -296,7 +305,8 @@ def run_search_job(
     Returns:
         True when the search ran to its end; False when it stopped on request.
     """
-    scorer = _scorer(spec, params.score, device, hypernet_path)
+    first_rung = params.race.first_images if params.racing else None  # full scoring cuts where the race does
+    scorer = _scorer(spec, params.score, device, hypernet_path, reporter, first_rung)
     truth = _truth(spec, reporter)
     score_batch: ScoreBatch
     if params.racing:
@@ -353,7 +363,7 @@ def run_score_job(
     Returns:
         True when all were scored; False when it stopped on request.
     """
-    scorer = _scorer(spec, params.score, device, hypernet_path)
+    scorer = _scorer(spec, params.score, device, hypernet_path, reporter)
     truth = _truth(spec, reporter)
     buffer = _ScoreBuffer(reporter, 8)
     try:
@@ -463,14 +473,14 @@ def smash_initialised_model(
         raise ValueError("BatchNorm recalibration needs the data set")
     cpu = torch.device("cpu")
     model = kind_of(net.space).build_model(arch, spec.num_classes, spec.in_channels, net.space)
-    generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
-    # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
+    # Generated and recalibrated exactly as scoring does it (same z from the same CPU
+    # generator on every device, same autocast, same batches).
     with torch.no_grad(), autocast_context(cpu, score.bf16):
-        weights = net.generate(arch, generator=generator)
+        weights = net.generate(arch, generator=z_generator(score.seed, arch, 0))
         if not score.bn_recalibration_batches:
             return model.load_from_smash(net, weights).eval()
         assert data is not None
-        train = DeviceImages(data.train, cpu, data.mean, data.std)
+        train = device_images(data.train, cpu, data.mean, data.std)
         with bn_recalibrated(net, arch, weights, recalibration_batches(train, score)):
             return model.load_from_smash(net, weights).eval()
 

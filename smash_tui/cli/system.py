@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import typer
@@ -10,7 +11,8 @@ from rich.table import Table
 
 from smash_tui import __version__
 from smash_tui.cli.common import DbOption, JsonOption, command, stdout
-from smash_tui.cli.render import workers_table
+from smash_tui.cli.render import worker_json, workers_table
+from smash_tui.gpus import gpu_status
 from smash_tui.runner.launch import ALIVE_WITHIN_S
 from storage.db import data_dir, open_database, redact_url, resolve_url
 from storage.errors import StorageError
@@ -38,6 +40,12 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
             report["workers_alive"] = len(workers)
     except StorageError as exc:
         report["database_error"] = str(exc)
+    # Workers send their GPU's figures with their heartbeat; this host's GPUs are read
+    # only for a CUDA worker of this host that sent none (one started before they did).
+    host = socket.gethostname()
+    silent_here = any(w.device.startswith("cuda") and w.host == host and not w.gpu_reported for w in workers)
+    local_gpus = gpu_status() if silent_here else []
+    report["workers"] = [worker_json(worker, local_gpus) for worker in workers]
     if json_:
         typer.echo(json.dumps(report))
     else:
@@ -63,7 +71,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         out = stdout()
         out.print(table)
         if workers:
-            out.print(workers_table(workers))
+            out.print(workers_table(workers, local_gpus))
     if "database_error" in report:
         raise StorageError(report["database_error"])
 

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from smash_tui.cli.common import DbOption, DeviceOption, ThreadsOption, command, open_db
+from smash_tui.cli.common import (
+    DbOption,
+    DeviceOption,
+    ThreadsOption,
+    command,
+    open_db,
+    print_error,
+)
 from smash_tui.cli.render import plural
 from smash_tui.runner.config import WorkerConfig
 from storage.db import Database
@@ -69,6 +76,8 @@ def worker(
         restore()
     if interactive:
         console.print(f"[dim]worker log: {runner.log_path}[/dim]")
+    if runner.device_failure is not None:
+        print_error(runner.device_failure)
     if once and runner.jobs_run == 0 and code == 0:
         typer.echo(_nothing_to_do(database), err=True)
     raise typer.Exit(code)

@@ -12,6 +12,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, RichLog, Static
 
+from smash_tui.gpus import GpuStatus, gpu_text, worker_gpu
+from smash_tui.gpus import gpu_of as gpu_of  # where the app's tests found it
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.format import clock, duration, human, progress_bar, state_text
 from smash_tui.tui.messages import ActionFailed, DashboardLoaded
@@ -21,7 +23,6 @@ from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import Curves, DashboardData, JobView, Store
-    from smash_tui.tui.processes import GpuStatus
 
 LEVEL_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
 # Plot colours, one per series, in order.
@@ -62,13 +63,8 @@ def job_cells(job: JobView, *, with_experiment: bool = False) -> list[str | Text
     return cells
 
 
-def gpu_of(device: str, gpus: list[GpuStatus]) -> GpuStatus | None:
-    """The GPU behind a worker's device string ("cuda" is the first one, "cuda:N" the Nth)."""
-    if not device.startswith("cuda") or not gpus:
-        return None
-    _, _, number = device.partition(":")
-    index = int(number) if number.isdigit() else 0
-    return next((gpu for gpu in gpus if gpu.index == index), None)
+# Worker lines under the charts, at most (the rest are counted).
+WORKER_LINES = 4
 
 
 class DashboardScreen(SmashScreen):
@@ -91,6 +87,7 @@ class DashboardScreen(SmashScreen):
     DashboardScreen DataTable { height: 1fr; }
     DashboardScreen #dash-charts { height: 3fr; min-height: 6; }
     DashboardScreen #dash-stats { height: 1; padding: 0 1; background: $boost; }
+    DashboardScreen #dash-workers { height: auto; max-height: 5; padding: 0 1; display: none; }
     DashboardScreen #dash-events { height: 1fr; min-height: 3; border-top: solid $panel-lighten-2; }
     DashboardScreen.-narrow #dash-charts { height: 1fr; }
     DashboardScreen.-narrow #dash-events { height: 2; min-height: 2; }
@@ -115,6 +112,7 @@ class DashboardScreen(SmashScreen):
             yield Chart("HyperNet loss", "no training curve yet", id="dash-loss")
             yield Chart("HyperNet %", "no training curve yet", id="dash-acc")
         yield StatusLine(id="dash-stats")
+        yield Static(id="dash-workers")
         yield RichLog(id="dash-events", max_lines=500, wrap=True, markup=False)
 
     def on_mount(self) -> None:
@@ -157,8 +155,12 @@ class DashboardScreen(SmashScreen):
         except Exception as exc:  # shown in a notification; polling goes on
             self.post_message(ActionFailed(f"cannot read the dashboard: {exc}"))
             return
+        # Workers send their GPU's figures with their heartbeat; this host's GPUs are read
+        # here only for a CUDA worker of this host that sent none.
         host = socket.gethostname()
-        local_cuda = any(w.device.startswith("cuda") and w.host == host for w in data.workers)
+        local_cuda = any(
+            w.device.startswith("cuda") and w.host == host and not w.gpu_reported for w in data.workers
+        )
         self.post_message(DashboardLoaded(data, gpu_status() if local_cuda else []))
 
     @on(DashboardLoaded)
@@ -203,6 +205,7 @@ class DashboardScreen(SmashScreen):
         )
         self._draw_curves(data)
         self._show_stats(data, message.gpus)
+        self._show_workers(data, message.gpus)
         self._show_events(data)
 
     def _draw_curves(self, data: DashboardData) -> None:
@@ -223,12 +226,9 @@ class DashboardScreen(SmashScreen):
         device = (busy or list(data.workers) or [None])[0]
         if device is not None:
             text.append(f"device {device.device}")
-            gpu = gpu_of(device.device, gpus)
+            gpu = worker_gpu(device, gpus, socket.gethostname())
             if gpu is not None:
-                text.append(f" {gpu.name} · {gpu.memory_used_mib / 1024:.1f}")
-                text.append(f"/{gpu.memory_total_mib / 1024:.0f} GiB")
-                if gpu.utilization_pct is not None:
-                    text.append(f" · {gpu.utilization_pct:.0f} % busy")
+                text.append(f" {gpu_text(gpu)}")
             text.append(" · ")
         for name, (_, value) in sorted(latest.items()):
             lowered = name.lower()
@@ -243,6 +243,28 @@ class DashboardScreen(SmashScreen):
         if not count and any(job.state == "queued" for job in data.jobs):
             text.append(" · r or n starts one for the queued jobs", style="dim")
         self.query_one("#dash-stats", StatusLine).text = text
+
+    def _show_workers(self, data: DashboardData, gpus: list[GpuStatus]) -> None:
+        """One line per alive worker, on any host: where, its device and GPU, its job."""
+        pane = self.query_one("#dash-workers", Static)
+        pane.display = bool(data.workers)
+        if not data.workers:
+            return
+        host = socket.gethostname()
+        text = Text()
+        for number, worker in enumerate(data.workers[:WORKER_LINES]):
+            if number:
+                text.append("\n")
+            text.append(f"{worker.host}:{worker.pid}", style="bold")
+            text.append(f" {worker.device}")
+            gpu = worker_gpu(worker, gpus, host)
+            if gpu is not None:
+                text.append(f" {gpu_text(gpu)}")
+            job = f" · job {worker.current_job_id}" if worker.current_job_id is not None else " · idle"
+            text.append(job, style="dim" if worker.current_job_id is None else "")
+        if len(data.workers) > WORKER_LINES:
+            text.append(f"\n+{len(data.workers) - WORKER_LINES} more workers (smash info lists them)", style="dim")
+        pane.update(text)
 
     def _show_events(self, data: DashboardData) -> None:
         log = self.query_one("#dash-events", RichLog)

@@ -305,5 +305,8 @@ def test_nvidia_smi_output_is_parsed_and_gpus_matched_to_devices() -> None:
 
 
 def test_gpu_status_is_empty_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
+    from smash_tui import gpus
+
+    monkeypatch.setattr(gpus, "nvml_status", lambda: None)  # no NVML either
+    monkeypatch.setattr(gpus.shutil, "which", lambda name: None)
     assert processes.gpu_status() == []
