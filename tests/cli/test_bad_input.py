@@ -13,11 +13,21 @@ from smash_tui.runner.worker import Worker, WorkerConfig
 from storage.db import open_database, sqlite_path
 from storage.models import Job
 from storage.queue import enqueue
-from tests.cli.support import TINY_SEARCH, assert_one_line_error, dump, retrain_experiment, smash
+from tests.cli.support import (
+    NB201_SEARCH,
+    TINY_SEARCH,
+    TRUTH_HEADER,
+    assert_one_line_error,
+    dump,
+    retrain_experiment,
+    smash,
+    write_truth_table,
+)
 
 pytestmark = pytest.mark.xdist_group("demo")
 
 SEARCH = ["search", *TINY_SEARCH, "--archs", "4", "--max-steps", "2"]
+NB201 = ["search", *NB201_SEARCH, "--archs", "4", "--max-steps", "2"]
 
 CASES = [
     # (arguments, exit code, part of the message)
@@ -35,6 +45,13 @@ CASES = [
     ([*SEARCH, "--val-size", "0"], 2, "the validation split has 0 images"),
     ([*SEARCH, "--archs", "0"], 2, "--archs must be at least 1"),
     ([*SEARCH, "--hypernet", "huge"], 2, "unknown HyperNet size"),
+    # The nb201 options: weight sharing and benchmark tables belong to nb201 presets.
+    ([*SEARCH, "--weights", "shared"], 2, "--weights shared (plain weight sharing) needs an nb201 preset"),
+    ([*SEARCH, "--weights", "tied"], 2, "--weights must be one of hypernet, shared, got 'tied'"),
+    ([*SEARCH, "--truth-column", "cifar10"], 2, "--truth-column needs --truth (a benchmark table)"),
+    ([*SEARCH, "--truth", "/no/such/table.csv"], 2, "--truth needs an nb201 preset"),
+    ([*NB201, "--truth", "/no/such/table.csv"], 2, "--truth: /no/such/table.csv does not exist or is not a file"),
+    ([*NB201, "--truth", "/"], 2, "--truth: / does not exist or is not a file"),
     ([*SEARCH, "--name", "demo"], 1, "an experiment named 'demo' already exists"),
     (["ls", "--filter", "err<<3"], 2, "one operator per term"),
     (["ls", "--filter", "size<3"], 2, "unknown field 'size'"),
@@ -127,6 +144,67 @@ def test_bad_input_is_one_line_and_changes_nothing(
     line = assert_one_line_error(smash(demo_db, *args), code)
     assert message in line
     assert dump(path) == before
+
+
+# A good row of the benchmark's table, and its columns (`support.TRUTH_HEADER`).
+HEADER = ",".join(TRUTH_HEADER)
+GOOD = "93.5,70.25,44.0,|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|,x"
+TABLES = [
+    # (table id, its bytes, further options, part of the message); every one exits 2:
+    # a table that cannot be used is a bad value of --truth, whether or not it can be read.
+    ("no-string-column", b"CIFAR10TestAccuracy200Epochs\n93.5\n", [], "has no column 'ArchitectureString'"),
+    ("no-accuracy-column", b"ArchitectureString\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|\n", [],
+     "has no column 'CIFAR10TestAccuracy200Epochs'"),
+    ("accuracy-120", f"{HEADER}\n{GOOD}\n{GOOD.replace('93.5', '120', 1)}\n".encode(), [],
+     "line 3: CIFAR10TestAccuracy200Epochs must be a percentage, got 120.0"),
+    ("accuracy-nan", f"{HEADER}\n{GOOD.replace('93.5', 'nan', 1)}\n".encode(), [], "must be a percentage, got nan"),
+    ("accuracy-inf", f"{HEADER}\n{GOOD.replace('93.5', '-inf', 1)}\n".encode(), [], "must be a percentage, got -inf"),
+    ("accuracy-text", f"{HEADER}\n{GOOD.replace('93.5', 'high', 1)}\n".encode(), [],
+     "line 2: CIFAR10TestAccuracy200Epochs is not a number: 'high'"),
+    ("accuracy-empty", f"{HEADER}\n{GOOD.replace('93.5', '', 1)}\n".encode(), [], "is not a number: ''"),
+    ("bad-cell", f"{HEADER}\n{GOOD.replace('nor_conv_3x3~0', 'conv_5x5~0', 1)}\n".encode(), [],
+     "line 2: invalid nb201 cell: edge 1<-0: unknown op 'conv_5x5'"),
+    ("short-cell", f"{HEADER}\n93.5,70.25,44.0,|none~0|+|none~0|,x\n".encode(), [], "line 2: invalid nb201 cell: <string>: expected 3"),
+    ("header-only", f"{HEADER}\n".encode(), [], "has no rows"),
+    ("empty", b"", [], "has no column 'ArchitectureString' (columns: none)"),
+    ("binary", bytes(range(256)) * 16, [], "cannot read truth table"),
+    ("other-column", f"{HEADER}\n{GOOD}\n".encode(), ["--truth-column", "svhn"], "unknown truth column 'svhn'"),
+    # The synthetic data set is no data set of the benchmark: which column is not implied.
+    ("no-column-given", f"{HEADER}\n{GOOD}\n".encode(), ["--no-column"], "--truth-column is needed"),
+]
+
+
+@pytest.mark.parametrize(("content", "options", "message"), [case[1:] for case in TABLES], ids=[case[0] for case in TABLES])
+def test_a_bad_truth_table_is_one_line_and_changes_nothing(
+    demo_db: str, tmp_path: Path, content: bytes, options: list[str], message: str
+) -> None:
+    path = sqlite_path(demo_db)
+    assert path is not None
+    table = tmp_path / "table.csv"
+    table.write_bytes(content)
+    column = [] if "--no-column" in options else ["--truth-column", "cifar10"]
+    options = [option for option in options if option != "--no-column"]
+    before = dump(path)
+    line = assert_one_line_error(smash(demo_db, *NB201, "--truth", str(table), *column, *options), 2)
+    assert message in line and (str(table) in line or "truth column" in line or "--truth-column" in line), line
+    assert dump(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "table.csv"]  # no files written either
+
+
+def test_a_good_truth_table_passes_the_same_checks(tmp_path: Path) -> None:
+    """The control of the cases above: the benchmark's layout, every cell, is accepted;
+    so is a table a spreadsheet saved (a byte-order mark, CRLF line ends, columns reordered)."""
+    from engine.params import SearchRequest, plan_search
+    from engine.truth import TruthConfig, load_truth
+
+    table = write_truth_table(tmp_path / "table.csv")
+    plan = plan_search(SearchRequest(preset="nb201-tiny", truth=str(table), truth_column="cifar10"))
+    assert plan.truth is not None and plan.truth.path == str(table.resolve())
+    assert len(load_truth(plan.truth).by_class) == 6466
+    saved = tmp_path / "saved.csv"
+    saved.write_bytes(b"\xef\xbb\xbf" + f"ArchitectureString,CIFAR100TestAccuracy200Epochs\r\n{GOOD.split(',')[3]},70.25\r\n".encode())
+    (accuracy,) = load_truth(TruthConfig(str(saved), "cifar100")).by_class.values()
+    assert accuracy == 70.25
 
 
 def test_export_of_an_unknown_architecture_writes_no_folder(demo_db: str, tmp_path: Path) -> None:

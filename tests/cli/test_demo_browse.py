@@ -160,32 +160,34 @@ for number, folder in enumerate(sys.argv[3:]):
     model = snippet.load_model()
     test_acc, _ = evaluate(model, DeviceImages(data.test, "cpu", data.mean, data.std))
     val_acc, _ = evaluate(model, first_val)
-    measured.append({"test_acc": test_acc, "first_val_acc": val_acc})
+    params = sum(p.numel() for p in model.parameters())
+    measured.append({"test_acc": test_acc, "first_val_acc": val_acc, "params": params})
 print(json.dumps(measured))
 """
 
 
 def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
-    demo_db: str, tmp_path: Path
+    run_db: str, tmp_path: Path
 ) -> None:
-    rows = json.loads(smash(demo_db, "ls", "--json").stdout)
+    rows = json.loads(smash(run_db, "ls", "--json").stdout)
     never = [r for r in rows if r["acc"] is None]
     target, untouched = never[0], never[1]
-    result = smash(demo_db, *retrain_args(target["id"], 1, "--json", "--device", "cpu"))
+    result = smash(run_db, *retrain_args(target["id"], 1, "--json", "--device", "cpu"))
     assert result.exit_code == 0, result.stderr
     retrained = json.loads(result.stdout.strip().splitlines()[-1])
     assert retrained["architecture_id"] == target["id"] and retrained["test_acc"] is not None
-    with open_database(demo_db) as db, db.session() as session:
+    with open_database(run_db) as db, db.session() as session:
         row = session.get(Retrain, retrained["retrain_id"])
         assert row is not None and row.test_acc == retrained["test_acc"] and row.finished_at
-        config = session.scalars(select(Experiment)).one().config
+        experiment = session.scalars(select(Experiment)).one()
+        config, space = experiment.config, experiment.search_space
         score_seed = session.scalars(select(Job).where(Job.kind == "search")).one().params["score"]["seed"]
-    after = {r["id"]: r for r in json.loads(smash(demo_db, "ls", "--json").stdout)}
+    after = {r["id"]: r for r in json.loads(smash(run_db, "ls", "--json").stdout)}
     assert after[target["id"]]["acc"] == retrained["test_acc"]
 
     trained_dir, generated_dir = tmp_path / "trained", tmp_path / "generated"
-    assert smash(demo_db, "export", str(target["id"]), str(trained_dir)).exit_code == 0
-    assert smash(demo_db, "export", str(untouched["id"]), str(generated_dir)).exit_code == 0
+    assert smash(run_db, "export", str(target["id"]), str(trained_dir)).exit_code == 0
+    assert smash(run_db, "export", str(untouched["id"]), str(generated_dir)).exit_code == 0
     for folder in (trained_dir, generated_dir):
         assert sorted(p.name for p in folder.iterdir()) == [
             "architecture.json",
@@ -195,6 +197,7 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
         ]
     assert "retrained from scratch for 1 epoch" in json.loads((trained_dir / "model.json").read_text())["weights"]
     assert "NOT trained on their own" in json.loads((generated_dir / "model.json").read_text())["weights"]
+    assert all(json.loads((d / "model.json").read_text())["space"] == space for d in (trained_dir, generated_dir))
 
     # One fresh process, as a user would run the snippet, for both exports.
     done = subprocess.run(
@@ -219,6 +222,9 @@ def test_retrain_then_export_reproduces_the_logged_accuracy_in_a_fresh_process(
     # SMASH's weights score what the search measured (its 50 validation images),
     # up to one image that float rounding may tip.
     assert abs((100 - generated["first_val_acc"]) - untouched["err"]) <= 2.0 + 1e-9
+    # Both rebuilt the network at the size the search scored and stored (an nb201 cell
+    # at its preset's C and N, not the benchmark's).
+    assert (trained["params"], generated["params"]) == (target["params"], untouched["params"])
 
 
 def test_export_refuses_a_folder_that_is_not_empty(demo_db: str, tmp_path: Path) -> None:
@@ -238,7 +244,7 @@ def test_events_of_the_demo_are_readable_one_liners(demo_db: str) -> None:
 
 
 def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(
-    demo_db: str, monkeypatch: pytest.MonkeyPatch
+    run_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every race of a search is handed the search's best survivors so far.
     leaders_seen: list[int] = []
@@ -249,7 +255,7 @@ def test_racing_search_and_rescoring_jobs_on_the_trained_hypernet(
         return real_race(self, archs, race, on_result, leaders)
 
     monkeypatch.setattr(Scorer, "_race", spying_race)
-    with open_database(demo_db) as db:
+    with open_database(run_db) as db:
         with db.session() as session:
             train = session.scalars(select(Job).where(Job.kind == "train")).one()
             racing = enqueue(

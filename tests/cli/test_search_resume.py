@@ -34,13 +34,13 @@ class _StopAfter:
         return lambda *_args: None
 
 
-def test_a_resumed_search_reports_the_best_of_all_its_full_scores(demo_db: str) -> None:
-    db = open_database(demo_db)
+def test_a_resumed_search_reports_the_best_of_all_its_full_scores(run_db: str) -> None:
+    db = open_database(run_db)
     with db.session() as session:
         train_id = session.scalars(select(Job.id).where(Job.kind == "train")).one()
         experiment_id = session.get(Job, train_id).experiment_id
         params = SearchParams(
-            # The demo scored 6 architectures with this seed: 8 more are new.
+            # The run scored 6 architectures with this seed: 8 more are new.
             search=SearchConfig(architectures=14, batch=2),
             score=ScoreConfig(images=50, bn_recalibration_batches=0),
             commit_every=2,

@@ -12,10 +12,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from engine.params import SearchRequest
-from engine.space import PRESETS
+from engine.spaces import PRESETS
 from smash_tui.cli.search import create_search
 from smash_tui.runner.launch import ALIVE_WITHIN_S
 from smash_tui.runner.worker import Worker, WorkerConfig
@@ -236,10 +237,11 @@ def _scores(db: Database) -> dict[int, tuple[str, float, datetime]]:
     return {ident: (hash_, error, created) for ident, hash_, error, created in rows}
 
 
-def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["tiny", "nb201-tiny"])
+def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path, preset: str) -> None:
     db = open_database(str(tmp_path / "smash.db"))
     request = SearchRequest(
-        preset="tiny",
+        preset=preset,
         hypernet="compact",
         epochs=2,
         max_steps=16,
@@ -255,7 +257,7 @@ def test_kill_9_loses_nothing_committed_and_the_jobs_resume(tmp_path: Path) -> N
         synthetic_test=100,
         name="crash",
     )
-    assert PRESETS[request.preset].name == "tiny"
+    assert PRESETS[request.preset].name == preset
     created = create_search(db, request)
     url = normalize_url(str(tmp_path / "smash.db"))
     stale = ("--stale-after", "2", "--once")

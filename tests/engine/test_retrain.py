@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,8 @@ from engine.checkpoint import (
 )
 from engine.data import DataConfig, Dataset, DeviceImages, load_dataset
 from engine.families import densenet_style, fractalnet_style, resnet_style
+from engine.kinds import BANKS, NB201, Arch, DerivedModule, Space, SpaceKind
+from engine.nb201.cell import Cell
 from engine.network import build_model
 from engine.retrain import (
     InvalidRetrainConfig,
@@ -35,7 +39,7 @@ from engine.retrain import (
     retrain,
 )
 from engine.sampler import sample
-from engine.space import PRESETS
+from engine.spaces import PRESETS
 
 # One xdist worker for the whole module: its module fixtures (data, reference run) are then
 # built once instead of once per worker.
@@ -47,6 +51,23 @@ TINY = PRESETS["tiny"]
 MICRO = dataclasses.replace(TINY, name="micro", depth=2, width=1)
 # Three epochs of four steps: long enough for a mid-epoch and an epoch-boundary stop.
 SHORT = RetrainConfig(epochs=3, batch_size=25, warmup_epochs=1.0)
+# A cell with convs, a pool and skips, retrained at the nb201-tiny size (C=8, N=1).
+NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """An architecture to retrain, with the kind and the space that build its network."""
+
+    kind: SpaceKind
+    space: Space
+    arch: Arch
+
+    def retrain(self, data: Dataset, config: RetrainConfig, **options: Any) -> RetrainResult | None:
+        return retrain(self.arch, data, config, kind=self.kind, space=self.space, **options)
+
+    def build_model(self, data: Dataset) -> DerivedModule:
+        return self.kind.build_model(self.arch, data.num_classes, data.in_channels, self.space)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +97,18 @@ def arch() -> Architecture:
     raise AssertionError("no micro architecture with parallel paths and additive writes")
 
 
+@pytest.fixture(scope="module", params=["micro", "nb201-tiny"])
+def subject(request: pytest.FixtureRequest, arch: Architecture) -> Subject:
+    """What the tests of determinism, resume and export retrain: a network of each space kind."""
+    if request.param == "micro":
+        return Subject(BANKS, MICRO, arch)
+    return Subject(NB201, PRESETS["nb201-tiny"], Cell.from_string(NB201_CELL))
+
+
 @pytest.fixture(scope="module")
-def reference(arch: Architecture, small_data: Dataset) -> RetrainResult:
+def reference(subject: Subject, small_data: Dataset) -> RetrainResult:
     """An uninterrupted short run, the yardstick of determinism and resume."""
-    result = retrain(arch, small_data, SHORT)
+    result = subject.retrain(small_data, SHORT)
     assert result is not None
     return result
 
@@ -221,16 +250,15 @@ def test_banks_init_keeps_every_block_near_unit_scale_without_changing_the_netwo
 
 
 def test_a_seeded_run_is_reproducible_and_the_seed_matters(
-    arch: Architecture, small_data: Dataset, reference: RetrainResult
+    subject: Subject, small_data: Dataset, reference: RetrainResult
 ) -> None:
-    again = retrain(arch, small_data, SHORT)
+    again = subject.retrain(small_data, SHORT)
     assert again is not None
     _assert_same_run(reference, again)
-    other = retrain(arch, small_data, dataclasses.replace(SHORT, seed=1))
+    other = subject.retrain(small_data, dataclasses.replace(SHORT, seed=1))
     assert other is not None and reference.model is not None and other.model is not None
-    assert not torch.equal(
-        reference.model.state_dict()["ops.0.bottleneck.weight"], other.model.state_dict()["ops.0.bottleneck.weight"]
-    )
+    first_conv = next(name for name, value in reference.model.state_dict().items() if value.dim() == 4)
+    assert not torch.equal(reference.model.state_dict()[first_conv], other.model.state_dict()[first_conv])
 
 
 def test_retrain_leaves_the_global_rng_alone(arch: Architecture, small_data: Dataset) -> None:
@@ -244,33 +272,33 @@ def test_retrain_leaves_the_global_rng_alone(arch: Architecture, small_data: Dat
 # 4 steps per epoch (100 images, batches of 25): stop mid-epoch (after 6 steps), at an epoch boundary (after 4), at the start.
 @pytest.mark.parametrize("steps_before_stop", [6, 4, 0])
 def test_a_stopped_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
-    arch: Architecture, small_data: Dataset, reference: RetrainResult, tmp_path: Path, steps_before_stop: int
+    subject: Subject, small_data: Dataset, reference: RetrainResult, tmp_path: Path, steps_before_stop: int
 ) -> None:
     path = tmp_path / "run.pt"
     first: list[RetrainEpoch] = []
-    stopped = retrain(
-        arch, small_data, SHORT, checkpoint_path=path, should_stop=_stop_after(steps_before_stop), on_epoch=first.append
+    stopped = subject.retrain(
+        small_data, SHORT, checkpoint_path=path, should_stop=_stop_after(steps_before_stop), on_epoch=first.append
     )
     assert stopped is None
     state = load_checkpoint(path, expected_kind="retrain")
     assert (state["epoch"], state["batch"]) == divmod(steps_before_stop, 4)
     rest: list[RetrainEpoch] = []
-    resumed = retrain(arch, small_data, SHORT, checkpoint_path=path, on_epoch=rest.append)
+    resumed = subject.retrain(small_data, SHORT, checkpoint_path=path, on_epoch=rest.append)
     assert resumed is not None
     _assert_same_run(reference, resumed)
     assert [e.epoch for e in first + rest] == [1, 2, 3]
 
 
 def test_a_finished_checkpoint_gives_the_result_again_without_training(
-    arch: Architecture, small_data: Dataset, reference: RetrainResult, tmp_path: Path
+    subject: Subject, small_data: Dataset, reference: RetrainResult, tmp_path: Path
 ) -> None:
     path = tmp_path / "run.pt"
-    retrain(arch, small_data, SHORT, checkpoint_path=path)
+    subject.retrain(small_data, SHORT, checkpoint_path=path)
     events: list[RetrainEpoch] = []
-    again = retrain(arch, small_data, SHORT, checkpoint_path=path, on_epoch=events.append)
+    again = subject.retrain(small_data, SHORT, checkpoint_path=path, on_epoch=events.append)
     assert again is not None and events == []
     _assert_same_run(reference, again)
-    fresh = retrain(arch, small_data, SHORT, checkpoint_path=path, resume=False, on_epoch=events.append)
+    fresh = subject.retrain(small_data, SHORT, checkpoint_path=path, resume=False, on_epoch=events.append)
     assert fresh is not None and len(events) == 3
 
 
@@ -316,11 +344,11 @@ def test_an_absurd_learning_rate_diverges(arch: Architecture, small_data: Datase
 
 
 def test_an_exported_state_dict_reproduces_the_reported_test_accuracy(
-    arch: Architecture, small_data: Dataset, reference: RetrainResult, tmp_path: Path
+    subject: Subject, small_data: Dataset, reference: RetrainResult, tmp_path: Path
 ) -> None:
     assert reference.model is not None
     torch.save(reference.model.state_dict(), tmp_path / "weights.pt")
-    model = build_model(arch, small_data.num_classes, small_data.in_channels)
+    model = subject.build_model(small_data)
     model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     test = DeviceImages(small_data.test, "cpu", small_data.mean, small_data.std)
     accuracy, loss = evaluate(model, test, "cpu")

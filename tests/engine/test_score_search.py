@@ -9,19 +9,39 @@ import torch
 from engine.arch import validate
 from engine.config import STRATEGIES, SearchConfig
 from engine.data import Dataset, DeviceImages, Split
+from engine.hypernet import HyperNetConfig
+from engine.kinds import Arch, SmashModule, Space, kind_of
 from engine.network import SmashNet
 from engine.sampler import sample
 from engine.score import RaceConfig, Racer, Score, ScoreConfig, Scorer, rank_key
 from engine.search import run_search
-from engine.space import PRESETS
+from engine.spaces import PRESETS
+from engine.train import build_smash
 
 TINY = PRESETS["tiny"]
+# The tests of searching and racing run on a space of each kind: banks and nb201 cells.
+SPACES = [TINY, PRESETS["nb201-tiny"]]
+SPACE_IDS = [space.name for space in SPACES]
 
 
 @pytest.fixture(scope="module")
 def net() -> SmashNet:
     torch.manual_seed(0)
     return SmashNet(TINY).to(memory_format=torch.channels_last).eval()
+
+
+@pytest.fixture(scope="module", params=SPACES, ids=SPACE_IDS)
+def any_net(request: pytest.FixtureRequest, net: SmashNet) -> SmashModule:
+    """An untrained SMASH network of each space kind (the banks one is `net`)."""
+    if request.param == TINY:
+        return net
+    torch.manual_seed(0)
+    return build_smash(request.param, 10, 3, HyperNetConfig(), "cpu").eval()
+
+
+def _sample(net: SmashModule, seed: list[int]) -> Arch:
+    """An architecture of the network's space, drawn through its kind."""
+    return kind_of(net.space).sample(net.space, np.random.default_rng(seed))
 
 
 def _scorer(net: SmashNet, data: Dataset, **options) -> Scorer:
@@ -147,9 +167,10 @@ def test_a_racer_keeps_the_top_ten_of_a_whole_search_for_less_than_per_batch_rac
 
 
 def test_a_race_generates_each_candidates_weights_once(
-    net: SmashNet, small_synthetic: Dataset, monkeypatch: pytest.MonkeyPatch
+    any_net: SmashModule, small_synthetic: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    archs = [sample(TINY, np.random.default_rng([8, i])) for i in range(8)]
+    net = any_net
+    archs = [_sample(net, [8, i]) for i in range(8)]
     scorer = _scorer(net, small_synthetic, z_draws=2)
     generated: list[str] = []
     real_generate = net.generate
@@ -169,9 +190,9 @@ def test_a_race_generates_each_candidates_weights_once(
     assert generated == [survivor.hash] * 2
 
 
-def test_racing_survivors_score_exactly_as_full_scoring(net: SmashNet, small_synthetic: Dataset) -> None:
-    archs = [sample(TINY, np.random.default_rng([7, i])) for i in range(8)]
-    scorer = _scorer(net, small_synthetic)
+def test_racing_survivors_score_exactly_as_full_scoring(any_net: SmashModule, small_synthetic: Dataset) -> None:
+    archs = [_sample(any_net, [7, i]) for i in range(8)]
+    scorer = _scorer(any_net, small_synthetic)
     # 40 images round up to the scorer's rung end 48 (ends 6, 12, 24, 48, 96, 192, 200 for
     # 200 images), not to a whole batch of 64: full scoring cuts its batches there too.
     assert scorer.rung_ends() == [6, 12, 24, 48, 96, 192, 200]
@@ -218,38 +239,45 @@ class _FakeScorer:
         return [Score(error=float(int(a.hash[:6], 16) % 1000) / 10, loss=1.0, images=1, z_draws=1, method="full") for a in archs]
 
 
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_strategy_yields_valid_unique_architectures(strategy: str) -> None:
+def test_every_strategy_yields_valid_unique_architectures(strategy: str, space: Space) -> None:
     fake = _FakeScorer()
     config = SearchConfig(
         strategy=strategy, architectures=40, top_k=5, perturbations=20, markov_steps=15,
         population=12, tournament=4, batch=8, seed=1,
     )
     streamed = []
-    results, finished = run_search(TINY, config, fake, on_result=streamed.append)
+    results, finished = run_search(space, config, fake, on_result=streamed.append)
     assert finished and results == streamed and results
     hashes = [r.arch.hash for r in results]
     assert len(hashes) == len(set(hashes)) == fake.calls  # nothing scored twice
     assert len(fake.seen) == len(set(fake.seen))
+    kind = kind_of(space)
     for r in results:
-        validate(r.arch, TINY)
+        assert kind.parse(r.arch.to_json(), space) == r.arch  # a valid architecture of the space
+        if space == TINY:
+            validate(r.arch, TINY)
+        else:  # one cell per benchmark class: its representative
+            assert r.arch == r.arch.representative()
     assert len(results) <= config.budget
 
 
-def test_search_resumes_without_rescoring_and_follows_the_same_path() -> None:
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+def test_search_resumes_without_rescoring_and_follows_the_same_path(space: Space) -> None:
     config = SearchConfig(strategy="evolution", architectures=30, population=10, tournament=3, batch=5, seed=7)
-    whole, _ = run_search(TINY, config, _FakeScorer())
+    whole, _ = run_search(space, config, _FakeScorer())
     stop_after = {"n": 0}
 
     def stop() -> bool:
         stop_after["n"] += 1
         return stop_after["n"] > 8
 
-    partial, finished = run_search(TINY, config, _FakeScorer(), should_stop=stop)
+    partial, finished = run_search(space, config, _FakeScorer(), should_stop=stop)
     assert not finished and 0 < len(partial) < len(whole)
     known = {r.arch.hash: r.score for r in partial}
     fake = _FakeScorer()
-    rest, finished = run_search(TINY, config, fake, known=known)
+    rest, finished = run_search(space, config, fake, known=known)
     assert finished
     assert not set(fake.seen) & set(known)  # nothing scored again
     assert [r.arch.hash for r in partial + rest] == [r.arch.hash for r in whole]

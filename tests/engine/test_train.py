@@ -11,16 +11,17 @@ from engine.checkpoint import CheckpointError, load_checkpoint
 from engine.data import Dataset
 from engine.events import TrainEval, TrainProgress
 from engine.hypernet import HyperNetConfig
-from engine.space import PRESETS
+from engine.kinds import SmashModule, Space
+from engine.spaces import PRESETS
 from engine.train import TrainConfig, TrainingDiverged, build_smash, load_smash, train_hypernet
 
 TINY = PRESETS["tiny"]
 SMALL_HYPERNET = HyperNetConfig(growth=(6, 6), layers=(2, 2))
 
 
-def _net():
+def _net(space: Space = TINY) -> SmashModule:
     torch.manual_seed(0)
-    return build_smash(TINY, 10, 3, SMALL_HYPERNET, "cpu")
+    return build_smash(space, 10, 3, SMALL_HYPERNET, "cpu")
 
 
 CONFIG = TrainConfig(
@@ -28,8 +29,11 @@ CONFIG = TrainConfig(
 )
 
 
-def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(small_synthetic: Dataset, tmp_path) -> None:
-    whole = _net()
+@pytest.mark.parametrize("space", [TINY, PRESETS["nb201-tiny"]], ids=["tiny", "nb201-tiny"])
+def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(
+    small_synthetic: Dataset, tmp_path, space: Space
+) -> None:
+    whole = _net(space)
     done = train_hypernet(whole, small_synthetic, CONFIG, checkpoint_path=tmp_path / "whole.pt")
     assert done.finished and done.step == done.total_steps == 16  # 8 batches of 100 per epoch, 2 epochs
 
@@ -40,9 +44,9 @@ def test_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(smal
         return calls["n"] == 5  # mid-epoch, between checkpoints
 
     path = tmp_path / "parts.pt"
-    first = train_hypernet(_net(), small_synthetic, CONFIG, checkpoint_path=path, should_stop=stop_after_five)
+    first = train_hypernet(_net(space), small_synthetic, CONFIG, checkpoint_path=path, should_stop=stop_after_five)
     assert not first.finished and first.step == 5
-    resumed_net = _net()
+    resumed_net = _net(space)
     rest = train_hypernet(resumed_net, small_synthetic, CONFIG, checkpoint_path=path)
     assert rest.finished and rest.step == 16
     for (name, a), b in zip(whole.state_dict().items(), resumed_net.state_dict().values()):
