@@ -72,11 +72,11 @@ def picks(truth: list[float], higher_is_better: list[float]) -> dict[str, float]
     return {"top1": float(truth[order[0]]), "top10": float(np.mean([truth[i] for i in order[:10]]))}
 
 
-def train(weights: str, space: Any, data: Any, config: TrainConfig, hypernet: str, seed: int) -> tuple[SmashModule, float]:
+def train(weights: str, space: Any, data: Any, config: TrainConfig, hypernet: str, seed: int, device: str) -> tuple[SmashModule, float]:
     """A SMASH module (`weights`: hypernet or shared) trained on the data; its seconds."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    net = build_smash(space, data.num_classes, data.in_channels, HYPERNET_SIZES[hypernet], "cpu", weights)
+    net = build_smash(space, data.num_classes, data.in_channels, HYPERNET_SIZES[hypernet], device, weights)
 
     def progress(p: Any) -> None:
         if p.step % 100 == 0 or p.step == p.total_steps:
@@ -86,19 +86,19 @@ def train(weights: str, space: Any, data: Any, config: TrainConfig, hypernet: st
     return net.eval(), time.perf_counter() - started
 
 
-def score_all(net: SmashModule, data: Any, cells: list[Cell], config: ScoreConfig) -> tuple[list[float], float]:
+def score_all(net: SmashModule, data: Any, cells: list[Cell], config: ScoreConfig, device: str) -> tuple[list[float], float]:
     """Validation errors of every cell with the module's weights; the seconds it took."""
     started = time.perf_counter()
     scorer = Scorer(
         net,
-        DeviceImages(data.val, "cpu", data.mean, data.std),
+        DeviceImages(data.val, device, data.mean, data.std),
         config,
-        train=DeviceImages(data.train, "cpu", data.mean, data.std),
+        train=DeviceImages(data.train, device, data.mean, data.std),
     )
     errors = []
     for index, cell in enumerate(cells):
         errors.append(scorer.score(cell).error)
-        if (index + 1) % 50 == 0:
+        if (index + 1) % 500 == 0 or (len(cells) < 1000 and (index + 1) % 50 == 0):
             print(f"  scored {index + 1}/{len(cells)}", flush=True)
     return errors, time.perf_counter() - started
 
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("-k", "--archs", type=int, default=200, help="K cells scored (6466: all distinct cells)")
     parser.add_argument("--score-images", type=int, default=500, help="validation images per score")
     parser.add_argument("--bn-batches", type=int, default=2, help="BN recalibration batches per score")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where both networks train and score")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -138,8 +139,8 @@ def main() -> None:
     print(f"data: {len(data.train)} train / {len(data.val)} val; preset {space.name}; truth {table.cells} rows", flush=True)
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, eval_archs=0)
-    smash, smash_train_s = train("hypernet", space, data, config, args.hypernet, args.seed)
-    baseline, baseline_train_s = train("shared", space, data, config, args.hypernet, args.seed)
+    smash, smash_train_s = train("hypernet", space, data, config, args.hypernet, args.seed, args.device)
+    baseline, baseline_train_s = train("shared", space, data, config, args.hypernet, args.seed, args.device)
 
     rng = np.random.default_rng([args.seed, 201])
     cells = [classes[int(i)] for i in rng.choice(len(classes), size=args.archs, replace=False)]
@@ -149,8 +150,8 @@ def main() -> None:
     truth_values = [float(v) for v in truth if v is not None]
 
     score = ScoreConfig(images=args.score_images, bn_recalibration_batches=args.bn_batches, seed=args.seed)
-    smash_errors, smash_score_s = score_all(smash, data, cells, score)
-    baseline_errors, baseline_score_s = score_all(baseline, data, cells, score)
+    smash_errors, smash_score_s = score_all(smash, data, cells, score, args.device)
+    baseline_errors, baseline_score_s = score_all(baseline, data, cells, score, args.device)
     kind = kind_of(space)
     costs = [kind.cost(cell, data.num_classes, data.in_channels, data.image_size, space=space) for cell in cells]
 
@@ -185,7 +186,7 @@ def main() -> None:
         "baseline_score_seconds": baseline_score_s,
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "train_config": dataclasses.asdict(config),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": platform.processor() or platform.machine(), "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__},
         "cells": [cell.to_string() for cell in cells],
         "truth": truth_values,
         "smash_errors": smash_errors,

@@ -16,7 +16,9 @@
 # `pip install --no-index --target` into a temporary folder put on PYTHONPATH beside the
 # image's torch. Real CIFAR-10 images for the scoring benchmark are read from ../shared,
 # else from .gpu-data/ (`mkdir -p .gpu-data && cp ../shared/data/cifar10-subset/*.npz
-# .gpu-data/`), else the built-in synthetic set is written there as npz:
+# .gpu-data/`), else the built-in synthetic set is written there as npz. The NAS-Bench-201
+# table comes from the same places (`cp ../shared/data/nas-bench-201/nats-tss-200ep.csv
+# .gpu-data/`); without it the nb201 step fails with one line:
 #   python scripts/gpu_wheels.py
 #   device run: carry [".gpu-wheels", ".gpu-data"], command "bash scripts/gpu_check.sh"
 set -uo pipefail
@@ -24,19 +26,20 @@ cd "$(dirname "$0")/.."
 
 # name, limit in seconds, what it runs. All limits together stay within 420 s.
 STEPS=(
-    "cuda 20 CUDA is visible to python3 (before anything else)"
-    "install 25 the wheels into a temporary folder; engine, storage, runner and CLI import"
-    "gpu-tests 70 pytest tests/engine/test_gpu.py (no host sync, bf16, SMASH = derived)"
-    "search 75 smash search --device cuda: HyperNet training, racing search, SQLite"
-    "retrain 40 smash retrain of the best architecture"
-    "browse 20 smash ls --json, smash show"
-    "host-overhead 30 benchmarks/host_overhead.py: ops and host ms per step"
-    "step-throughput 45 benchmarks/step_throughput.py --preset paper --batch 50"
-    "score-throughput 70 benchmarks/score_throughput.py: full, racing, search racing"
+    "cuda 15 CUDA is visible to python3 (before anything else)"
+    "install 20 the wheels into a temporary folder; engine, storage, runner and CLI import"
+    "gpu-tests 50 pytest tests/engine/test_gpu.py (no host sync, bf16, SMASH = derived)"
+    "search 60 smash search --device cuda: HyperNet training, racing search, SQLite"
+    "retrain 30 smash retrain of the best architecture"
+    "browse 15 smash ls --json, smash show"
+    "host-overhead 25 benchmarks/host_overhead.py: ops and host ms per step"
+    "step-throughput 30 benchmarks/step_throughput.py --preset paper --batch 50"
+    "score-throughput 50 benchmarks/score_throughput.py: full, racing, search racing"
+    "nb201 105 benchmarks/nb201_quality.py at full size: C=16, N=5, all 6,466 cells"
     "ddp 10 DDP smoke test on two GPUs (skipped on one)"
     "summary 10 one table of every figure"
 )
-RESULTS=(gpu_check.log summary.txt architectures.json host_overhead.json step_throughput.json score_throughput.json)
+RESULTS=(gpu_check.log summary.txt architectures.json host_overhead.json step_throughput.json score_throughput.json nb201_quality.json)
 BUDGET=420
 DDP_ENTRY=scripts/ddp_smoke.py  # the scale-out work's entry point; the step waits for it
 
@@ -67,7 +70,7 @@ fi
 export PY=${PYTHON:-python3}
 # Before anything else: without CUDA there is nothing to check.
 cuda_start=$SECONDS
-if ! timeout 20 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+if ! timeout 15 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
     echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is false or torch is missing); nothing was run" >&2
     exit 1
 fi
@@ -82,8 +85,9 @@ WORK=$(mktemp -d)
 export SMASH_HOME="$WORK/home" SITE="$WORK/site" DB="$WORK/smash.db" DDP_ENTRY
 export WHEELS=${GPU_WHEELS:-.gpu-wheels}
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export DATA=../shared/data/cifar10-subset
+export DATA=../shared/data/cifar10-subset TRUTH=../shared/data/nas-bench-201/nats-tss-200ep.csv
 [ -f "$DATA/train.npz" ] || DATA=.gpu-data
+[ -f "$TRUTH" ] || TRUTH=.gpu-data/nats-tss-200ep.csv
 export STATUS="$WORK/status.tsv"
 
 echo "gpu_check $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(hostname), $(date -u +%FT%TZ)"
@@ -172,6 +176,17 @@ EOF
     "$PY" benchmarks/score_throughput.py --data "$data" --archs 64 --train-steps 150 --search-batch 32 --out "$OUT/score_throughput.json"
 }
 
+step_nb201() {
+    # The proxy's ranking of every distinct NAS-Bench-201 cell at the benchmark's own size,
+    # beside weight sharing, params and FLOPs (the CPU default is nb201-tiny and K = 200).
+    if [ ! -f "$DATA/train.npz" ] || [ ! -f "$TRUTH" ]; then
+        echo "no CIFAR-10 subset or NAS-Bench-201 table at ../shared or .gpu-data: nothing to rank against"
+        return 1
+    fi
+    "$PY" benchmarks/nb201_quality.py --device cuda --data "$DATA" --truth "$TRUTH" --preset nb201 \
+        --archs 6466 --out "$OUT/nb201_quality.json"  # the CPU protocol otherwise: 4 epochs, batch 64
+}
+
 step_ddp() {
     local gpus
     if [ ! -f "$DDP_ENTRY" ]; then
@@ -201,6 +216,7 @@ for line in status.read_text().splitlines():
     name, rc, seconds, limit = line.split("\t")
     rows.append((f"step {name}", "ok" if rc == "0" else f"FAILED (exit {rc})", f"{seconds}s of {limit}s"))
 host, step, score = load("host_overhead.json"), load("step_throughput.json"), load("score_throughput.json")
+nb201 = load("nb201_quality.json")
 archs = load("architectures.json") or []
 def fig(source, key, fmt, unit=""):
     return fmt.format(source[key]) + unit if key in source else "-"
@@ -214,6 +230,8 @@ rows += [
     ("scoring: archs/min full", fig(score, "full_archs_per_min", "{:.1f}"), f"{fig(score, 'gflop_per_s', '{:.0f}')} GFLOP/s"),
     ("scoring: archs/min racing", fig(score, "racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('top10_equal', '-')}"),
     ("scoring: archs/min search racing", fig(score, "search_racing_archs_per_min", "{:.1f}"), f"same top-10: {score.get('search_top10_equal', '-')}"),
+    (f"nb201, K={nb201.get('k', '-')}: SMASH tau / rho", f"{fig(nb201, 'kendall_tau', '{:.3f}')} / {fig(nb201, 'spearman_rho', '{:.3f}')}", f"top-10 {fig(nb201, 'top10_mean_acc', '{:.2f}', '%')}, {fig(nb201, 'seconds', '{:.0f}', ' s')}"),
+    ("nb201: weight sharing / params tau", f"{fig(nb201, 'baseline_tau', '{:.3f}')} / {fig(nb201, 'params_tau', '{:.3f}')}", f"anchors: one-shot 0.484, params 0.58"),
 ]
 if archs:
     best = min((a for a in archs if a.get("err") is not None), key=lambda a: a["err"], default=None)
@@ -228,11 +246,11 @@ EOF
 }
 
 export -f smash best_id step_install step_gpu_tests step_search step_retrain step_browse \
-    step_host_overhead step_step_throughput step_score_throughput step_ddp step_summary
+    step_host_overhead step_step_throughput step_score_throughput step_nb201 step_ddp step_summary
 
 failed=0
 # The CUDA check above counts as the first step.
-printf 'cuda\t0\t%s\t20\n' "$((SECONDS - cuda_start))" >"$STATUS"
+printf 'cuda\t0\t%s\t15\n' "$((SECONDS - cuda_start))" >"$STATUS"
 for entry in "${STEPS[@]:1}"; do
     read -r name limit _ <<<"$entry"
     echo "=== $name (limit ${limit}s)"
