@@ -94,15 +94,20 @@ def joint_weight_norm(weights: list[torch.Tensor], dtype: torch.dtype | None = N
     return list(_JointWeightNorm.apply(dtype, *weights))
 
 
-class HyperNet(nn.Module):
-    """Conditioning tensor (1 + channels, rows, columns) -> 1x1 weights of every op."""
+class DenseTrunk(nn.Module):
+    """The HyperNets' shared trunk: (1, in_channels, H, W) -> (1, out_channels, H, W).
 
-    def __init__(self, layout: EncodingLayout, config: HyperNetConfig = HyperNetConfig()) -> None:
+    A stem conv, dense stages (`growth` x `layers`, each layer reading the concatenation
+    of everything before it) with a channel-halving conv between stages, and a 1x1 output
+    conv, all weight-normalised, without bias or BatchNorm, LeakyReLU between, orthogonal
+    init. Both space kinds' HyperNets are this trunk plus how they encode and read out.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, config: HyperNetConfig) -> None:
         super().__init__()
-        self.layout = layout
         self.config = config
         pad = config.kernel_size // 2
-        width = layout.channels + 1  # + z
+        width = in_channels
         self.stem = WNConv2d(width, config.stem_channels, config.kernel_size, padding=pad, bias=False)
         width += config.stem_channels
         self.stages = nn.ModuleList()
@@ -116,7 +121,7 @@ class HyperNet(nn.Module):
             if stage < len(config.growth) - 1:
                 self.reducers.append(WNConv2d(width, width // 2, config.kernel_size, padding=pad, bias=False))
                 width //= 2
-        self.out = WNConv2d(width, layout.row_width * layout.column_width, 1, bias=False)
+        self.out = WNConv2d(width, out_channels, 1, bias=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.orthogonal_(m.weight)
@@ -131,7 +136,7 @@ class HyperNet(nn.Module):
         return [*convs, self.out]  # type: ignore[list-item]
 
     def features(self, c: torch.Tensor) -> torch.Tensor:
-        """c: (1, 1 + channels, rows, columns) -> (1, R * dcN, rows, columns), before rearranging.
+        """c: (1, in_channels, H, W) -> (1, out_channels, H, W).
 
         Computes what the layers' own forwards compute, with fewer ops: all weight norms
         at once; under autocast the trunk is cast to the autocast dtype once (the convs
@@ -157,6 +162,15 @@ class HyperNet(nn.Module):
             if stage < len(self.reducers):
                 act = F.leaky_relu(conv(act), slope)
         return F.conv2d(act, next(weights))
+
+
+class HyperNet(DenseTrunk):
+    """Conditioning tensor (1 + channels, rows, columns) -> 1x1 weights of every op."""
+
+    def __init__(self, layout: EncodingLayout, config: HyperNetConfig = HyperNetConfig()) -> None:
+        # Input: the encoding's channels + z; output: R * dcN values per position.
+        super().__init__(layout.channels + 1, layout.row_width * layout.column_width, config)
+        self.layout = layout
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         """c: (1, 1 + channels, rows, columns) -> (rows * R, columns * dcN) weight matrix."""

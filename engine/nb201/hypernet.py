@@ -40,10 +40,8 @@ scale is needed because the BatchNorm that follows carries one.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from engine.hypernet import HyperNetConfig, WNConv2d
+from engine.hypernet import DenseTrunk, HyperNetConfig
 from engine.nb201.cell import EDGES, OPS, Cell
 from engine.nb201.space import CellSpace
 
@@ -86,7 +84,7 @@ class CellEncoding:
         return c
 
 
-class CellHyperNet(nn.Module):
+class CellHyperNet(DenseTrunk):
     """Conditioning tensor (1, 1 + channels, positions, 6) -> per-slot mixing codes.
 
     Args:
@@ -96,39 +94,12 @@ class CellHyperNet(nn.Module):
     """
 
     def __init__(self, encoding: CellEncoding, out_channels: int, config: HyperNetConfig) -> None:
-        super().__init__()
+        super().__init__(encoding.channels + 1, out_channels, config)  # + z
         self.encoding = encoding
-        self.config = config
-        pad = config.kernel_size // 2
-        width = encoding.channels + 1  # + z
-        self.stem = WNConv2d(width, config.stem_channels, config.kernel_size, padding=pad, bias=False)
-        width += config.stem_channels
-        self.stages = nn.ModuleList()
-        self.reducers = nn.ModuleList()
-        for stage, (growth, layers) in enumerate(zip(config.growth, config.layers)):
-            dense = nn.ModuleList()
-            for _ in range(layers):
-                dense.append(WNConv2d(width, growth, config.kernel_size, padding=pad, bias=False))
-                width += growth
-            self.stages.append(dense)
-            if stage < len(config.growth) - 1:
-                self.reducers.append(WNConv2d(width, width // 2, config.kernel_size, padding=pad, bias=False))
-                width //= 2
-        self.out = WNConv2d(width, out_channels, 1, bias=False)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.orthogonal_(m.weight)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         """c: (1, 1 + channels, positions, 6) -> (out_channels, positions, 6)."""
-        slope = self.config.negative_slope
-        x = torch.cat([c, self.stem(c)], 1)
-        for stage, dense in enumerate(self.stages):
-            for conv in dense:
-                x = torch.cat([x, conv(F.leaky_relu(x, slope))], 1)
-            if stage < len(self.reducers):
-                x = self.reducers[stage](F.leaky_relu(x, slope))
-        return self.out(F.leaky_relu(x, slope))[0]
+        return self.features(c)[0]
 
 
 def mix_bases(codes: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:

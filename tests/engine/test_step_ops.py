@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.arch import Architecture
 from engine.encoding import EncodingLayout
 from engine.families import densenet_style, fractalnet_style, resnet_style
-from engine.hypernet import HyperNet, joint_weight_norm, op_weights
+from engine.hypernet import DenseTrunk, HyperNet, HyperNetConfig, joint_weight_norm, op_weights
 from engine.network import (
     SmashNet,
     _conv_slice,
@@ -33,7 +33,9 @@ from engine.network import (
     forward_architecture,
 )
 from engine.sampler import sample
+from engine.train import build_smash
 from engine.space import PRESETS, SamplingLimits
+from engine.spaces import PRESETS as ALL_PRESETS
 
 TINY = PRESETS["tiny"]
 
@@ -302,3 +304,36 @@ def test_a_plan_prepared_ahead_generates_the_same_weights() -> None:
     ahead = net.generate(arch, generator=torch.Generator().manual_seed(1), plan=plan)
     now = net.generate(arch, generator=torch.Generator().manual_seed(1))
     assert all(torch.equal(a, b) for a, b in zip(ahead, now))
+
+
+def _trunk_layer_by_layer(trunk: DenseTrunk, c: torch.Tensor) -> torch.Tensor:
+    """The trunk as its layers' own forwards compute it: one weight norm per conv."""
+    slope = trunk.config.negative_slope
+    x = torch.cat([c, trunk.stem(c)], 1)
+    for stage, dense in enumerate(trunk.stages):
+        for conv in dense:
+            x = torch.cat([x, conv(F.leaky_relu(x, slope))], 1)
+        if stage < len(trunk.reducers):
+            x = trunk.reducers[stage](F.leaky_relu(x, slope))
+    return trunk.out(F.leaky_relu(x, slope))
+
+
+@pytest.mark.parametrize("kind", ["banks", "nb201"])
+def test_both_hypernets_trunks_compute_their_layers_function_and_gradients(kind: str) -> None:
+    """The few-op trunk (joint norms, fused activations) that both space kinds share."""
+    torch.manual_seed(0)
+    if kind == "banks":
+        trunk: DenseTrunk = SmashNet(PRESETS["tiny"]).hypernet
+    else:
+        trunk = build_smash(ALL_PRESETS["nb201-tiny"], 10, 3, HyperNetConfig(), "cpu").hypernet
+    channels = trunk.stem.in_channels
+    c = torch.randn(1, channels, 5, 6)
+    got = trunk.features(c)
+    got.square().sum().backward()
+    got_grads = [p.grad.clone() for p in trunk.parameters()]
+    trunk.zero_grad(set_to_none=True)
+    want = _trunk_layer_by_layer(trunk, c)
+    want.square().sum().backward()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    for got_grad, p in zip(got_grads, trunk.parameters(), strict=True):
+        assert (got_grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max().clamp_min(1e-12)
