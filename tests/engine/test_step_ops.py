@@ -33,9 +33,9 @@ from engine.network import (
     forward_architecture,
 )
 from engine.sampler import sample
-from engine.train import build_smash
 from engine.space import PRESETS, SamplingLimits
 from engine.spaces import PRESETS as ALL_PRESETS
+from engine.train import build_smash
 
 TINY = PRESETS["tiny"]
 
