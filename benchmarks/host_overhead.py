@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -62,13 +61,15 @@ from torch.utils.flop_counter import FlopCounterMode
 if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import write_result  # noqa: E402
+from steps import add_step_options, step_setup  # noqa: E402
+
 import engine  # noqa: E402
 from engine.device import autocast_context  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
 from engine.network import SmashNet  # noqa: E402
 from engine.sampler import sample  # noqa: E402
-from engine.space import SamplingLimits, get_preset  # noqa: E402
-from engine.train import TrainConfig, build_smash, make_optimizer, train_step  # noqa: E402
+from engine.train import train_step  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
@@ -98,27 +99,10 @@ def count(fn: Callable[[], Any]) -> OpCounter:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps of each kind")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--progress", type=float, default=1.0, help="annealing progress of the architectures: 0 start, >=0.5 full space")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    add_step_options(parser, batch=1, image_size=8, steps=10, warmup=2, progress=1.0)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    space = get_preset(args.preset)
-    limits = SamplingLimits.annealed(space, args.progress)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    net = build_smash(space, 10, 3, HyperNetConfig(), device).train()
-    optimizer = make_optimizer(net, TrainConfig())
+    setup = step_setup(args)
+    space, limits, device, net, optimizer = setup.space, setup.limits, setup.device, setup.net, setup.optimizer
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
@@ -319,10 +303,7 @@ def main() -> None:
     print(f"  train profile, self time per step: convolutions {result['train_profile_conv_ms']:.1f} ms, every other aten op {result['train_profile_other_ms']:.1f} ms, of {result['train_profile_wall_ms']:.1f} ms (the rest: Python, autograd, profiler)")
     print("  train ops by phase: " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     print(f"  train GFLOP / step (forward + backward, HyperNet included): {result['train_gflop']:.2f}")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"  wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

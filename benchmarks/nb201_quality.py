@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -42,6 +41,8 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results import write_result  # noqa: E402
 
 from engine.config import HYPERNET_SIZES, ScoreConfig, TrainConfig  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -199,10 +200,7 @@ def main() -> None:
     print(f"  {result['seconds'] / 60:.1f} minutes (training {smash_train_s:.0f} + {baseline_train_s:.0f} s, "
           f"scoring {smash_score_s:.0f} + {baseline_score_s:.0f} s)")
     print("  anchors over all 15,625 cells (reference-numbers.md): one-shot supernet tau 0.484, params alone about 0.58")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"  wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

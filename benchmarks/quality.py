@@ -27,7 +27,6 @@ Default arguments finish in under 45 minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -39,6 +38,8 @@ import torch
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results import write_result  # noqa: E402
 
 from engine.cost import architecture_cost  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -186,10 +187,7 @@ def main() -> None:
     )
     if self_tau is not None:
         print(f"retrainings agree with each other at Kendall tau {self_tau:.3f} (the ceiling for any proxy)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    write_result(args.out, result, indent="")
 
 
 if __name__ == "__main__":

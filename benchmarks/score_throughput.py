@@ -27,7 +27,6 @@ takes about 35 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -38,6 +37,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from results import write_result  # noqa: E402
 
 from engine.cost import architecture_cost  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -194,10 +195,7 @@ def main() -> None:
         search_speedup = result["search_racing_archs_per_min"] / result["full_archs_per_min"]
         print(f"  racing in batches of {args.search_batch}: {result['search_racing_archs_per_min']:7.2f} archs/min  ({search_speedup:.2f}x full, {100 * result['search_racing_images_fraction']:.0f}% of the images)")
         print(f"  same top-{args.top_k}: {result['search_top10_equal']} ({result['search_top10_overlap']} of {args.top_k} in common)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"  wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

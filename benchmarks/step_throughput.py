@@ -20,7 +20,6 @@ in, which is what its reference figures measured. `--progress 1` samples the ful
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -34,12 +33,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import write_result  # noqa: E402
+from steps import add_step_options, step_setup  # noqa: E402
+
 from engine.device import autocast_context  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
 from engine.network import SmashNet  # noqa: E402
 from engine.sampler import sample  # noqa: E402
-from engine.space import SamplingLimits, get_preset  # noqa: E402
-from engine.train import TrainConfig, build_smash, make_optimizer, train_step  # noqa: E402
+from engine.train import train_step  # noqa: E402
 
 # Not measured by this benchmark: quoted with their source, host and date.
 REFERENCE = {
@@ -70,27 +71,10 @@ def step_flops(meta_net: SmashNet, arch, batch: int, image_size: int, in_channel
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="paper")
-    parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--progress", type=float, default=0.0, help="annealing progress: 0 start, >=0.5 full space")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--bf16", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    add_step_options(parser, batch=50, image_size=32, steps=20, warmup=3, progress=0.0)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    space = get_preset(args.preset)
-    limits = SamplingLimits.annealed(space, args.progress)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    net = build_smash(space, 10, 3, HyperNetConfig(), device).train()
-    optimizer = make_optimizer(net, TrainConfig())
+    setup = step_setup(args)
+    space, limits, device, net, optimizer = setup.space, setup.limits, setup.device, setup.net, setup.optimizer
     with torch.device("meta"):
         meta_net = SmashNet(space, 10, 3, HyperNetConfig())
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
@@ -145,10 +129,7 @@ def main() -> None:
     print(f"  reference, not measured here ({REFERENCE['source']}): {REFERENCE['what']}:")
     for run in REFERENCE["runs"]:
         print(f"    {run['date']}, {run['host']}: {run['median_step_ms']} ms / step")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"  wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+from benchmarks.results import write_result  # noqa: E402
 from storage.db import Database, open_database  # noqa: E402
 from storage.queries import (  # noqa: E402
     PageCursor,
@@ -281,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             f"page by params with {FILTER!r}: {result['page_by_params_filtered_ms']:.2f} ms "
             f"(target < {TARGET_MS:.0f} ms)"
         )
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {args.out}")
+        write_result(args.out, result, indent="")
     finally:
         db.dispose()
         if scratch is not None:

@@ -7,9 +7,11 @@ is done, so counting is cheap enough to run for every scored architecture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.arch import Architecture
@@ -28,8 +30,13 @@ def architecture_cost(
     arch: Architecture, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
 ) -> Cost:
     """Parameters and forward FLOPs of `arch`'s derived network at `image_size` x `image_size`."""
+    return count_cost(lambda: build_model(arch, num_classes, in_channels), in_channels, image_size)
+
+
+def count_cost(build: Callable[[], nn.Module], in_channels: int, image_size: int) -> Cost:
+    """Parameters and forward FLOPs per image of the network `build` makes, built on the meta device."""
     with torch.device("meta"):
-        model = build_model(arch, num_classes, in_channels)
+        model = build()
         x = torch.empty(1, in_channels, image_size, image_size)
     params = sum(p.numel() for p in model.parameters())
     counter = FlopCounterMode(display=False)

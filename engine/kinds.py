@@ -50,8 +50,26 @@ Arch = Any
 Weights = Any
 
 
+class _Module(Protocol):
+    """The `nn.Module` API the loops use on either kind's networks."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 @runtime_checkable
-class SmashModule(Protocol):
+class SmashModule(_Module, Protocol):
     """The network HyperNet training trains and scoring scores: any architecture of a space.
 
     An `nn.Module`; besides the module API the loops use exactly these members.
@@ -82,21 +100,9 @@ class SmashModule(Protocol):
     def checkpoint_meta(self) -> dict[str, Any]:
         """What `SpaceKind.smash_from_meta` needs, besides the state_dict, to rebuild it."""
 
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
-
-    def train(self, mode: bool = True) -> Any: ...
-
-    def eval(self) -> Any: ...
-
-    def to(self, *args: Any, **kwargs: Any) -> Any: ...
-
 
 @runtime_checkable
-class DerivedModule(Protocol):
+class DerivedModule(_Module, Protocol):
     """One architecture as an ordinary network with its own weights: retrained and exported."""
 
     arch: Arch
@@ -106,20 +112,6 @@ class DerivedModule(Protocol):
 
     def load_from_smash(self, smash: Any, weights: Weights) -> Any:
         """Copies generated and shared weights: it then computes what SMASH scored. Returns self."""
-
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
-
-    def modules(self) -> Iterator[nn.Module]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
-
-    def train(self, mode: bool = True) -> Any: ...
-
-    def eval(self) -> Any: ...
-
-    def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @runtime_checkable

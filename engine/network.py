@@ -11,7 +11,6 @@ copies the SMASH weights over and the two then agree to float precision.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ from engine.device import draw_z
 from engine.encoding import EncodingLayout, GenerationPlan
 from engine.hypernet import HyperNet, HyperNetConfig, autocast_dtype, gather_op_weights
 from engine.space import SearchSpace
+from engine.spaces import network_meta
 
 
 class WeightSource(Protocol):
@@ -161,13 +161,7 @@ class SmashNet(nn.Module):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What rebuilding this network needs besides its state_dict (see `engine.kinds`)."""
-        return {
-            "kind": self.space.kind,
-            "space": self.space.to_dict(),
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "hypernet": dataclasses.asdict(self.hypernet.config),
-        }
+        return network_meta(self.space, self.num_classes, self.in_channels, self.hypernet.config)
 
     def encode(
         self, arch: Architecture, z: torch.Tensor | None = None, generator: torch.Generator | None = None

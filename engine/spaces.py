@@ -8,6 +8,7 @@ loading torch. A stored dict names its kind under "kind"; one without is a banks
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,4 +57,19 @@ def kind_name(space: Space) -> str:
     return str(space.kind)
 
 
-__all__ = ["PRESETS", "SPACE_TYPES", "Space", "get_preset", "kind_name", "space_from_dict"]
+def network_meta(space: Space, num_classes: int, in_channels: int, hypernet: Any, **extra: Any) -> dict[str, Any]:
+    """The part of a SMASH network's checkpoint meta that every kind writes the same way.
+
+    `hypernet` is its `HyperNetConfig` (a dataclass); `extra` holds the kind's own fields.
+    """
+    return {
+        "kind": space.kind,
+        "space": space.to_dict(),
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "hypernet": dataclasses.asdict(hypernet),
+        **extra,
+    }
+
+
+__all__ = ["PRESETS", "SPACE_TYPES", "Space", "get_preset", "kind_name", "network_meta", "space_from_dict"]

@@ -8,10 +8,7 @@ equivalent cells cost the same; the benchmark's own tables also count unused con
 
 from __future__ import annotations
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-from engine.cost import Cost
+from engine.cost import Cost, count_cost
 from engine.nb201.cell import Cell
 from engine.nb201.network import build_model
 from engine.nb201.space import CellSpace
@@ -25,14 +22,7 @@ def cell_cost(
     space: CellSpace | None = None,
 ) -> Cost:
     """Parameters and forward FLOPs per image of `arch`'s derived network (the benchmark's size by default)."""
-    with torch.device("meta"):
-        model = build_model(arch, num_classes, in_channels, space)
-        x = torch.empty(1, in_channels, image_size, image_size)
-    params = sum(p.numel() for p in model.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(x)
-    return Cost(params=params, flops=int(counter.get_total_flops()))
+    return count_cost(lambda: build_model(arch, num_classes, in_channels, space), in_channels, image_size)
 
 
 __all__ = ["cell_cost"]

@@ -30,7 +30,6 @@ the same BN statistics, and scores would depend on the scoring batch's size and 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -43,6 +42,7 @@ from engine.hypernet import HyperNetConfig
 from engine.nb201.cell import CONV_KERNELS, CONV_OPS, EDGES, Cell
 from engine.nb201.hypernet import CellEncoding, CellHyperNet, mix_bases
 from engine.nb201.space import PRESETS, CellSpace
+from engine.spaces import network_meta
 
 WEIGHT_MODES = ("hypernet", "shared")
 DEFAULT_BASES = 8  # basis kernels per stage and conv op that the HyperNet mixes
@@ -254,15 +254,9 @@ class NB201Smash(nn.Module):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """What `smash_from_meta` needs, besides the state_dict, to rebuild this network."""
-        return {
-            "kind": self.space.kind,
-            "space": self.space.to_dict(),
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "hypernet": dataclasses.asdict(self.hypernet_config),
-            "weights": self.weights_mode,
-            "bases": self.bases,
-        }
+        return network_meta(
+            self.space, self.num_classes, self.in_channels, self.hypernet_config, weights=self.weights_mode, bases=self.bases
+        )
 
     def encode(
         self, cell: Cell, z: torch.Tensor | None = None, generator: torch.Generator | None = None
