@@ -1,8 +1,13 @@
 """Draw the README's screenshot of the Proxy view with benchmark truth, as the app saves it.
 
+    python docs/make_screenshots.py --from-db smash.db
+
+opens the app on a real search's database (the README's command) and saves its Proxy
+view into ``docs/proxy-benchmark.svg``. That is how the README's figure is made.
+
     python docs/make_screenshots.py --table PATH/nats-tss-200ep.csv
 
-builds a SQLite database with one nb201 experiment through the storage API (no
+instead builds a SQLite database with one nb201 experiment through the storage API (no
 torch, no training), opens the app on it at 120x40, switches to the Proxy view
 and saves what the app shows with Textual's ``App.save_screenshot`` into
 ``docs/proxy-benchmark.svg``.
@@ -191,8 +196,15 @@ def main() -> None:
     parser.add_argument("--rho", type=float, default=0.6, help="correlation of the invented errors")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", type=Path, help="keep the database here (default: a temporary one)")
+    parser.add_argument("--from-db", type=Path, help="screenshot this database as it is (a real search's) instead of building one")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "proxy-benchmark.svg")
     args = parser.parse_args()
+    if args.from_db is not None:
+        if not args.from_db.is_file():
+            parser.error(f"{args.from_db} is not a database file")
+        asyncio.run(screenshot(f"sqlite:///{args.from_db.resolve()}", args.out.resolve()))
+        print(f"wrote {args.out}")
+        return
     with tempfile.TemporaryDirectory() as scratch:
         path = args.db or Path(scratch) / "screenshots.db"
         if path.exists():
