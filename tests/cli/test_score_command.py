@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 
 import pytest
 from sqlalchemy import select
@@ -40,6 +43,9 @@ def test_score_the_top_n_of_an_experiment(demo_db: str) -> None:
     result = smash(demo_db, "score", "--top", "3", "--score-images", "30", "--device", "cpu", "--detach", "--json")
     assert result.exit_code == 0, result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
+    if answer.get("worker_pid"):  # --detach launched a worker: it would outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(answer["worker_pid"], signal.SIGKILL)
     with open_database(demo_db) as db, db.session() as session:
         job = session.get(Job, answer["job_id"])
         assert job is not None and job.kind == "score"
