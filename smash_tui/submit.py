@@ -70,14 +70,7 @@ def queue_search(db: Database, request: SearchRequest, plan: SearchPlan, shape: 
         DatasetError: Its validation split is too small to rank architectures on.
         StorageError: E.g. the name is taken.
     """
-    check_searchable(shape, plan.data)
-    batch = plan.train.train.batch_size
-    if batch > shape.train_images:
-        raise ConfigError(
-            f"--batch-size {batch} is more than the {shape.train_images} training images of "
-            f"{plan.data.dataset}",
-            "batch_size",
-        )
+    check_search(plan, shape)
     spec = ExperimentSpec(
         space=plan.space,
         data=plan.data,
@@ -107,6 +100,26 @@ def queue_search(db: Database, request: SearchRequest, plan: SearchPlan, shape: 
         )
         session.commit()
         return CreatedSearch(experiment.id, experiment.name, train_job.id, search_job.id)
+
+
+def check_search(plan: SearchPlan, shape: DataShape) -> None:
+    """Refuse a search its data set cannot serve; needs no database.
+
+    The command line calls it before it opens the database, so that a refused search
+    creates no database file (nor a schema on a server).
+
+    Raises:
+        ConfigError: The validation split is too small to rank architectures on, or not
+            one training batch fits.
+    """
+    check_searchable(shape, plan.data)
+    batch = plan.train.train.batch_size
+    if batch > shape.train_images:
+        raise ConfigError(
+            f"--batch-size {batch} is more than the {shape.train_images} training images of "
+            f"{plan.data.dataset}",
+            "batch_size",
+        )
 
 
 def unique_name(session: Session, base: str) -> str:
@@ -213,6 +226,7 @@ def queue_score(
 
 __all__ = [
     "CreatedSearch",
+    "check_search",
     "experiment_spec",
     "queue_retrain",
     "queue_score",

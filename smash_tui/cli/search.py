@@ -49,7 +49,7 @@ from smash_tui.cli.common import (
     stdout,
 )
 from smash_tui.cli.render import architectures_table, percent, plural
-from smash_tui.submit import CreatedSearch, queue_retrain, queue_search, unique_name
+from smash_tui.submit import CreatedSearch, check_search, queue_retrain, queue_search, unique_name
 from storage.db import Database
 from storage.models import Retrain
 from storage.queries import list_architectures
@@ -171,11 +171,14 @@ def search(
     given = locals()  # every option named like a SearchRequest field
     request = SearchRequest(**{field.name: given[field.name] for field in dataclasses.fields(SearchRequest)})
     # Settings first: a usage error needs neither the database nor the data set.
-    plan_search(request)
+    plan = plan_search(request)
     check_device(device, threads)
+    # The data set too, before the database: a refused search creates no database.
+    shape = dataset_shape(request)
+    check_search(plan, shape)
     database = open_db(db)
     err = stderr()
-    created = create_search(database, request)
+    created = queue_search(database, request, plan, shape)
     err.print(
         f"experiment {created.experiment_id} ({created.name}): queued HyperNet training "
         f"(job {created.train_job_id}) and search (job {created.search_job_id})"
@@ -246,6 +249,9 @@ def demo(
     plan_retrain(config_to_dict(retrain))
     check_device(device, threads)
     shape = dataset_shape(request)
+    check_search(plan_search(request), shape)
+    if retrain_batch_size > shape.train_images:
+        fail(f"--retrain-batch-size {retrain_batch_size} is more than the {shape.train_images} training images", EXIT_USAGE)
     database = open_db(db)
     err = stderr()
     if request.name is None:
@@ -253,8 +259,6 @@ def demo(
             request = dataclasses.replace(
                 request, name=unique_name(session, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
             )
-    if retrain_batch_size > shape.train_images:
-        fail(f"--retrain-batch-size {retrain_batch_size} is more than the {shape.train_images} training images", EXIT_USAGE)
     created = queue_search(database, request, plan_search(request), shape)
     err.print(
         f"demo experiment {created.experiment_id} ({created.name}): training a HyperNet on "

@@ -311,7 +311,25 @@ class SmashApp(App[None]):
                 f"({settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}): {what}"
             )
 
-        self._ask_and_queue(RetrainDialog(architecture_ids, RETRAIN_DEFAULTS), queue, on_queued)
+        def ask(train_images: int | None) -> None:
+            dialog = RetrainDialog(architecture_ids, RETRAIN_DEFAULTS, train_images)
+            self._ask_and_queue(dialog, queue, on_queued)
+
+        if self.store is not None and self.experiment_id is not None:
+            self._read_training_images(self.store, self.experiment_id, ask)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _read_training_images(
+        self, store: Store, experiment_id: int, then: Callable[[int | None], None]
+    ) -> None:
+        # The retrain dialog refuses a batch larger than the training split beside its
+        # field, as the CLI does; the split is a database read (a probe for an old
+        # experiment), so it is read here and the dialog opens with it.
+        try:
+            images = store.training_images(experiment_id)
+        except Exception:  # noqa: BLE001 - unknown: queueing checks again and says why
+            images = None
+        self.call_from_thread(then, images)
 
     def ask_rescore(self, architecture_ids: list[int], *, on_queued: Callable[[], None] | None = None) -> None:
         """Open the score-again dialog and queue one score job on confirm (`smash score`).

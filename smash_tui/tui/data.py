@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from engine.truth import TruthConfig
 from smash_tui.runner.launch import ALIVE_WITHIN_S
-from smash_tui.submit import queue_retrain, queue_score
+from smash_tui.submit import queue_retrain, queue_score, training_images
 from smash_tui.tui.forms import RetrainSettings, ScoreSettings
 from smash_tui.tui.stats import Correlation, correlation, pareto_front, ranks
 from storage.control import request_cancel, request_pause, resume, retry
@@ -36,6 +36,7 @@ from storage.queries import (
     metric_series,
     recent_events,
 )
+from storage.records import get_experiment
 from storage.summaries import (
     ChangeMarker,
     ExperimentSummary,
@@ -301,6 +302,11 @@ class Store:
         """How many of the experiment's architectures match the filter."""
         with self.db.session() as session, one_line_errors():
             return count_architectures(session, experiment_id, filter=filter)
+
+    def training_images(self, experiment_id: int) -> int | None:
+        """The experiment's training split, which a retrain batch must fit (None: unknown)."""
+        with self.db.session() as session:
+            return training_images(get_experiment(session, experiment_id))
 
     def detail(self, architecture_id: int) -> ArchitectureDetail:
         """One architecture with its spec, scores and retrains."""

@@ -7,6 +7,7 @@ field, and keep the dialog open; nothing is queued until every field is valid.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import ClassVar
 
 from rich.text import Text
@@ -224,17 +225,25 @@ class RetrainDialog(SettingsDialog):
     Args:
         architecture_ids: What will be retrained.
         defaults: The values shown at first.
+        train_images: Their experiment's training split, when known: a batch larger
+            than it is refused beside its field, as `smash retrain` refuses it.
     """
 
     DEFAULT_CSS = DIALOG_CSS.format(name="RetrainDialog")
 
-    def __init__(self, architecture_ids: list[int], defaults: RetrainSettings) -> None:
+    def __init__(
+        self, architecture_ids: list[int], defaults: RetrainSettings, train_images: int | None = None
+    ) -> None:
         fields = [
             ("epochs", "epochs", str(defaults.epochs), ""),
             ("batch size", "batch-size", str(defaults.batch_size), ""),
             ("learning rate", "lr", f"{defaults.lr:g}", ""),
         ]
-        super().__init__(f"Retrain {_what(architecture_ids)} from scratch", fields, parse_retrain)
+        super().__init__(
+            f"Retrain {_what(architecture_ids)} from scratch",
+            fields,
+            partial(parse_retrain, train_images=train_images),
+        )
         self.architecture_ids = architecture_ids
 
 

@@ -89,8 +89,14 @@ def _form_error(error: ConfigError, fields: dict[str, str]) -> FormError:
     return FormError(fields.get(error.field or "", next(iter(fields.values()))), str(error))
 
 
-def parse_retrain(epochs: str, batch_size: str, lr: str) -> RetrainSettings:
+def parse_retrain(
+    epochs: str, batch_size: str, lr: str, *, train_images: int | None = None
+) -> RetrainSettings:
     """Validate the retrain dialog with the engine's rules (`engine.params.plan_retrain`).
+
+    Args:
+        train_images: The experiment's training split, when known: one batch must fit,
+            as `smash retrain` requires.
 
     Raises:
         FormError: Naming the first bad field.
@@ -101,7 +107,7 @@ def parse_retrain(epochs: str, batch_size: str, lr: str) -> RetrainSettings:
         lr=number(lr, "lr", "learning rate"),
     )
     try:
-        plan_retrain(settings.config())
+        plan_retrain(settings.config(), train_images)
     except ConfigError as error:
         raise _form_error(error, {"epochs": "epochs", "batch_size": "batch-size", "lr": "lr"}) from None
     return settings
