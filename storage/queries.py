@@ -440,10 +440,20 @@ def list_experiments(session: Session) -> list[Experiment]:
 
 
 def list_jobs(
-    session: Session, experiment_id: int | None = None, *, states: tuple[str, ...] | None = None
+    session: Session,
+    experiment_id: int | None = None,
+    *,
+    states: tuple[str, ...] | None = None,
+    chunks: bool = False,
 ) -> list[Job]:
-    """Jobs in enqueue order, optionally of one experiment and in some states."""
+    """Jobs in enqueue order, optionally of one experiment and in some states.
+
+    A search's chunk jobs are left out unless ``chunks``: a search is one job to its
+    user, and its progress text tells how its chunks fare.
+    """
     query = select(Job).order_by(Job.id)
+    if not chunks:
+        query = query.where(Job.parent_id.is_(None))
     if experiment_id is not None:
         query = query.where(Job.experiment_id == experiment_id)
     if states is not None:

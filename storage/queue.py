@@ -17,6 +17,11 @@ A running job is never changed by the UI directly: ``request_pause`` and
 concurrent workers and UIs cannot both win. The transitions write the
 activity-log events themselves; workers need not log them again.
 
+A ``chunk`` job is a part of a search's scoring (``parent_id`` names the search, see
+``storage.chunks``): any worker claims it while its search is queued or running, never
+while the search is paused or over, and its routine transitions write no activity-log
+line (a search of 500 architectures is one job to its user, not 60).
+
 ``requeue_gone_workers`` takes the jobs of workers known dead (their process on this
 host is gone) the same ways as ``requeue_stale``, without waiting for the timeout.
 
@@ -179,9 +184,22 @@ def orphan_reason(dependency_id: int) -> str:
 
 
 def cancel_orphans(executor: Executor) -> list[int]:
-    """Cancel waiting jobs whose dependency failed or was cancelled, transitively."""
+    """Cancel waiting jobs whose dependency failed or was cancelled, transitively,
+    and the waiting chunks of searches that ended."""
     dependency = jobs.alias("dependency")
     cancelled: list[int] = []
+    parent = jobs.alias("parent")
+    executor.execute(
+        update(jobs)
+        .where(jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES), jobs.c.parent_id.is_not(None))
+        .where(
+            exists().where(
+                parent.c.id == jobs.c.parent_id,
+                parent.c.state.in_(("done", "failed", "cancelled")),
+            )
+        )
+        .values(state="cancelled", requested=None, finished_at=now_sql(executor))
+    )
     while True:
         orphans = executor.execute(
             select(jobs.c.id, jobs.c.experiment_id, dependency.c.id, dependency.c.state)
@@ -217,6 +235,7 @@ def enqueue(
     *,
     priority: int = 0,
     depends_on: int | None = None,
+    parent: int | None = None,
 ) -> Job:
     """Add a queued job.
 
@@ -227,6 +246,7 @@ def enqueue(
         params: Kind-specific parameters as a JSON-able dict.
         priority: Higher runs first; ties run in enqueue order.
         depends_on: Id of a job that must be done before this one may start.
+        parent: The search a chunk job belongs to (``storage.chunks`` queues chunks).
 
     Raises:
         StorageError: An unknown kind, params with NaN or an infinity (JSON has neither),
@@ -251,6 +271,8 @@ def enqueue(
     get_experiment(session, experiment_id)
     if depends_on is not None:
         get_job(session, depends_on)
+    if (kind == "chunk") != (parent is not None):
+        raise StorageError("a chunk job, and only a chunk job, belongs to a parent search")
     job = Job(
         experiment_id=experiment_id,
         kind=kind,
@@ -258,29 +280,41 @@ def enqueue(
         state="queued",
         priority=priority,
         depends_on_id=depends_on,
+        parent_id=parent,
     )
     session.add(job)
     session.flush()
-    log_event(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
+    if parent is None:
+        log_event(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
     retrain_jobs_moved(session, [job.id])
     return job
 
 
-def _claimable(kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> Any:
+def _claimable(
+    kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None, parent: int | None = None
+) -> Any:
     dependency = jobs.alias("dependency")
     dependency_done = exists().where(
         dependency.c.id == jobs.c.depends_on_id, dependency.c.state == "done"
+    )
+    search = jobs.alias("search")
+    # A chunk waits while its search is paused: pausing a search pauses its scoring.
+    parent_active = exists().where(
+        search.c.id == jobs.c.parent_id, search.c.state.in_(("queued", "running"))
     )
     query = (
         select(jobs.c.id)
         .where(jobs.c.state == "queued")
         .where(or_(jobs.c.depends_on_id.is_(None), dependency_done))
+        .where(or_(jobs.c.parent_id.is_(None), parent_active))
         .order_by(jobs.c.priority.desc(), jobs.c.id)
     )
     if kinds is not None:
         query = query.where(jobs.c.kind.in_(kinds))
     if job_ids is not None:
         query = query.where(jobs.c.id.in_(job_ids))
+    if parent is not None:
+        query = query.where(jobs.c.parent_id == parent)
     return query
 
 
@@ -309,6 +343,8 @@ def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
         .where(workers.c.id == worker_id)
         .values(current_job_id=job_id, heartbeat_at=now)
     )
+    if kind == "chunk" and attempts == 1:
+        return True  # routine: only a chunk taken again after a lost worker is logged
     log_event(
         connection,
         job_id,
@@ -324,6 +360,7 @@ def claim(
     *,
     kinds: Iterable[str] | None = None,
     job_ids: Iterable[int] | None = None,
+    parent: int | None = None,
 ) -> int | None:
     """Atomically take the best runnable queued job for a worker.
 
@@ -337,6 +374,7 @@ def claim(
         kinds: Only claim jobs of these kinds; None claims any.
         job_ids: Only claim among these jobs (a foreground run of one experiment's
             jobs); None claims any.
+        parent: Only claim chunks of this search (its coordinator, while it waits).
 
     Returns:
         The claimed job id, now running and owned by the worker, or None.
@@ -347,7 +385,7 @@ def claim(
         if kind not in JOB_KINDS:
             raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
     id_list = None if job_ids is None else tuple(int(job_id) for job_id in job_ids)
-    candidates_query = _claimable(kind_list, id_list)
+    candidates_query = _claimable(kind_list, id_list, parent)
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
             cancel_orphans(connection)
@@ -630,7 +668,8 @@ def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Jo
         "finished_at": now_sql(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "finish")
-    log_event(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
+    if job.kind != "chunk":
+        log_event(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
     return job
 
 

@@ -91,6 +91,14 @@ def worker_heartbeat(engine_or_db: Engine | Database, worker_id: str) -> None:
         raise NotFoundError(f"no worker with id {worker_id}")
 
 
+def set_current_job(engine_or_db: Engine | Database, worker_id: str, job_id: int) -> None:
+    """Record the job a worker runs again (a search, after a chunk of it ran there)."""
+    with engine_of(engine_or_db).begin() as connection:
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id).values(current_job_id=job_id)
+        )
+
+
 def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
     """Record that a worker exited cleanly."""
     with engine_of(engine_or_db).begin() as connection:
