@@ -53,6 +53,10 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class ChunkError(RuntimeError):
+    """A chunk of a fanned-out search could not be scored; the message says which and why."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message, or its type name when it has none.
 
@@ -67,6 +71,7 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
 
 __all__ = [
     "CheckpointError",
+    "ChunkError",
     "ConfigError",
     "DatasetError",
     "DeviceError",

@@ -37,6 +37,14 @@ def worker(
         float, typer.Option(help="Requeue running jobs silent for this many seconds.")
     ] = WORKER.stale_after_s,
     threads: ThreadsOption = None,
+    ddp: Annotated[
+        bool,
+        typer.Option(
+            "--ddp",
+            help="Be one process of a torchrun launch that trains HyperNets data-parallel: "
+            "torchrun --standalone --nproc_per_node N --no-python smash worker --ddp.",
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Claim queued jobs and run them until stopped (SIGTERM or Ctrl-C requeues the current one)."""
@@ -51,6 +59,10 @@ def worker(
         threads=threads,
     )
     database = open_db(db)
+    if ddp:
+        from smash_tui.runner.ddp import run_ddp_worker
+
+        raise typer.Exit(run_ddp_worker(database, config))
     from smash_tui.cli.render import JobProgress
     from smash_tui.runner.worker import Worker
 

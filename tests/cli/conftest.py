@@ -42,9 +42,12 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 @pytest.fixture
 def demo_db(demo_run: DemoRun, tmp_path: Path) -> str:
-    """A private copy of the demo's database (its checkpoint files stay shared, read-only)."""
+    """A private copy of the demo's database with its checkpoints (recorded relative to its
+    files folder, so the copy needs its own)."""
     assert demo_run.exit_code == 0, demo_run.stderr
     path = tmp_path / "copy" / "smash.db"
     path.parent.mkdir()
     shutil.copyfile(demo_run.path, path)
+    files = demo_run.path.parent / "smash-files" / "checkpoints"
+    shutil.copytree(files, path.parent / "smash-files" / "checkpoints")
     return normalize_url(str(path))
