@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -383,16 +383,23 @@ def experiments_table(experiments: Sequence[Experiment]) -> Table:
     return table
 
 
-def workers_table(workers: Sequence[WorkerInfo]) -> Table:
-    """Alive workers, for ``smash info``."""
+def workers_table(workers: Sequence[WorkerInfo], jobs: Mapping[int, str] | None = None) -> Table:
+    """Alive workers, for ``smash info``: where each runs and what.
+
+    Args:
+        workers: The workers.
+        jobs: How each current job is shown (``storage.queries.job_labels``).
+    """
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("worker", "device", "job", "started", "last heartbeat"):
+    for name in ("host", "pid", "device", "job", "started", "last heartbeat"):
         table.add_column(name)
     for worker in workers:
+        job = worker.current_job_id
         table.add_row(
-            worker.id,
+            worker.host,
+            str(worker.pid),
             worker.device,
-            str(worker.current_job_id or "-"),
+            "idle" if job is None else (jobs or {}).get(job, f"job {job}"),
             when(worker.started_at),
             when(worker.heartbeat_at),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import typer
@@ -12,8 +13,9 @@ from smash_tui import __version__
 from smash_tui.cli.common import DbOption, JsonOption, command, stdout
 from smash_tui.cli.render import workers_table
 from smash_tui.runner.launch import ALIVE_WITHIN_S
-from storage.db import data_dir, open_database, redact_url, resolve_url
+from storage.db import FILES_ENV, data_dir, open_database, redact_url, resolve_url
 from storage.errors import StorageError
+from storage.queries import job_labels
 from storage.workers import alive_workers
 
 
@@ -30,12 +32,29 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         **device_report(),
     }
     workers = []
+    jobs: dict[int, str] = {}
     try:
         with open_database(url) as database:
             report["files_dir"] = str(database.files_dir)
+            report["files_setting"] = (
+                f"{FILES_ENV}" if os.environ.get(FILES_ENV) else f"{FILES_ENV} not set: the default"
+            )
             report["logs_dir"] = str(database.logs_dir)
             workers = alive_workers(database, ALIVE_WITHIN_S)
+            with database.session() as session:
+                jobs = job_labels(session, (worker.current_job_id for worker in workers))
             report["workers_alive"] = len(workers)
+            report["workers"] = [
+                {
+                    "id": worker.id,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "device": worker.device,
+                    "job_id": worker.current_job_id,
+                    "job": None if worker.current_job_id is None else jobs.get(worker.current_job_id),
+                }
+                for worker in workers
+            ]
     except StorageError as exc:
         report["database_error"] = str(exc)
     if json_:
@@ -49,7 +68,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
             ("smash", report["version"]),
             ("data folder", report["data_dir"]),
             ("database", report["database"]),
-            ("files", report.get("files_dir", "-")),
+            ("files", f"{report.get('files_dir', '-')} ({report.get('files_setting', '-')})"),
             ("logs", report.get("logs_dir", "-")),
             ("torch", report["torch"]),
             ("CUDA", f"{report['cuda_version'] or '-'} (available: {report['cuda_available']})"),
@@ -63,7 +82,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         out = stdout()
         out.print(table)
         if workers:
-            out.print(workers_table(workers))
+            out.print(workers_table(workers, jobs))
     if "database_error" in report:
         raise StorageError(report["database_error"])
 

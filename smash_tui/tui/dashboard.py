@@ -71,6 +71,27 @@ def gpu_of(device: str, gpus: list[GpuStatus]) -> GpuStatus | None:
     return next((gpu for gpu in gpus if gpu.index == index), None)
 
 
+# Workers listed one a line under the status line; more are counted.
+WORKER_LINES = 8
+
+
+def worker_lines(data: DashboardData) -> Text:
+    """The alive workers, one a line: host, pid, device, and the job each runs."""
+    text = Text()
+    shown = sorted(data.workers, key=lambda w: (w.host, w.device, w.pid))
+    for number, worker in enumerate(shown[:WORKER_LINES]):
+        job = worker.current_job_id
+        label = "idle" if job is None else data.worker_jobs.get(job, f"job {job}")
+        if number:
+            text.append("\n")
+        text.append(f"{worker.host} ", style="bold")
+        text.append(f"pid {worker.pid} · {worker.device} · ")
+        text.append(label, style="dim" if job is None else "")
+    if len(shown) > WORKER_LINES:
+        text.append(f"\n… and {len(shown) - WORKER_LINES} more (smash info lists them all)", style="dim")
+    return text
+
+
 class DashboardScreen(SmashScreen):
     """Experiments (pick one with the cursor), its jobs and curves, the workers and the log."""
 
@@ -91,6 +112,7 @@ class DashboardScreen(SmashScreen):
     DashboardScreen DataTable { height: 1fr; }
     DashboardScreen #dash-charts { height: 3fr; min-height: 6; }
     DashboardScreen #dash-stats { height: 1; padding: 0 1; background: $boost; }
+    DashboardScreen #dash-workers { display: none; height: auto; max-height: 9; padding: 0 1; }
     DashboardScreen #dash-events { height: 1fr; min-height: 3; border-top: solid $panel-lighten-2; }
     DashboardScreen.-narrow #dash-charts { height: 1fr; }
     DashboardScreen.-narrow #dash-events { height: 2; min-height: 2; }
@@ -102,6 +124,7 @@ class DashboardScreen(SmashScreen):
         self._events_for: int | None = None
         self._placeholder = False
         self._data: DashboardData | None = None
+        self._workers_text: Text | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="dash-top"):
@@ -115,6 +138,7 @@ class DashboardScreen(SmashScreen):
             yield Chart("HyperNet loss", "no training curve yet", id="dash-loss")
             yield Chart("HyperNet %", "no training curve yet", id="dash-acc")
         yield StatusLine(id="dash-stats")
+        yield Static(id="dash-workers")
         yield RichLog(id="dash-events", max_lines=500, wrap=True, markup=False)
 
     def on_mount(self) -> None:
@@ -203,6 +227,7 @@ class DashboardScreen(SmashScreen):
         )
         self._draw_curves(data)
         self._show_stats(data, message.gpus)
+        self._show_workers(data)
         self._show_events(data)
 
     def _draw_curves(self, data: DashboardData) -> None:
@@ -243,6 +268,16 @@ class DashboardScreen(SmashScreen):
         if not count and any(job.state == "queued" for job in data.jobs):
             text.append(" · r or n starts one for the queued jobs", style="dim")
         self.query_one("#dash-stats", StatusLine).text = text
+
+    def _show_workers(self, data: DashboardData) -> None:
+        """Every alive worker, one a line: host, pid, device and what it runs (hidden without any)."""
+        text = worker_lines(data)
+        if text == self._workers_text:
+            return  # an update lays the screen out again: only when the workers changed
+        self._workers_text = text
+        pane = self.query_one("#dash-workers", Static)
+        pane.display = bool(data.workers)
+        pane.update(text)
 
     def _show_events(self, data: DashboardData) -> None:
         log = self.query_one("#dash-events", RichLog)
