@@ -13,7 +13,7 @@ architectures' costs, derived networks and the SMASH module all come from it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -402,33 +402,52 @@ def run_chunk_job(
     buffer = _ScoreBuffer(reporter, params.commit_every)
     done = 0
 
-    def add(arch: Arch, score: Score, rungs: Mapping[int, tuple[float, float]] | None = None) -> None:
+    def add(arch: Arch, score: Score, rungs: Mapping[int, tuple[float, float]] | None) -> None:
         nonlocal done
         buffer.add(describe(arch, spec, score, params.source, params.score, truth, rungs))
         done += 1
         reporter.progress(done / len(archs), f"{done}/{len(archs)} scored")
 
     try:
-        if not params.racing:
-            for arch in archs:
-                if reporter.should_stop():
-                    return False
-                add(arch, scorer.score(arch))
-            return True
-        leaders = [as_leader(record) for record in params.leaders]
-
-        def dropped(arch: Arch, score: Score) -> None:
-            if score.method != "full":  # survivors are reported below, with their rungs
-                add(arch, score)
-
-        # A race is not cut short: its candidates are compared on the same images to the end.
-        scores, survivors = scorer._race(archs, params.race, dropped, leaders)
-        full = [arch for arch, score in zip(archs, scores) if score.method == "full"]
-        for arch, survivor in zip(full, survivors, strict=True):
-            add(arch, survivor.score, survivor.rungs)
-        return True
+        return score_chunk(scorer, params, archs, add, reporter.should_stop)
     finally:
         buffer.flush()
+
+
+def score_chunk(
+    scorer: Scorer,
+    params: ChunkParams,
+    archs: Sequence[Arch],
+    add: Callable[[Arch, Score, Mapping[int, tuple[float, float]] | None], None],
+    should_stop: Callable[[], bool],
+) -> bool:
+    """Score a chunk's architectures: each full score, or one race against the chunk's leaders.
+
+    `add` receives every score as it exists (a racing survivor with its sums at every
+    rung, None otherwise). A race is not cut short: its candidates are compared on the
+    same images to the end.
+
+    Returns:
+        True when all are scored; False when `should_stop` ended full scoring early.
+    """
+    if not params.racing:
+        for arch in archs:
+            if should_stop():
+                return False
+            add(arch, scorer.score(arch), None)
+        return True
+
+    def dropped(arch: Arch, score: Score) -> None:
+        if score.method != "full":  # survivors are added below, with their rungs
+            add(arch, score, None)
+
+    leaders = [as_leader(record) for record in params.leaders]
+    scores, survivors = scorer._race(archs, params.race, dropped, leaders)
+    # `_race` returns the survivors in candidate order, the candidates it scored in full.
+    full = [arch for arch, score in zip(archs, scores) if score.method == "full"]
+    for arch, survivor in zip(full, survivors, strict=True):
+        add(arch, survivor.score, survivor.rungs)
+    return True
 
 
 def run_score_job(
@@ -574,6 +593,7 @@ __all__ = [
     "get_dataset",
     "experiment_data",
     "run_chunk_job",
+    "score_chunk",
     "run_retrain_job",
     "run_score_job",
     "run_search_job",
