@@ -122,7 +122,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    z_rng = torch.Generator(device=device).manual_seed(args.seed)
+    z_rng = torch.Generator().manual_seed(args.seed)  # z comes from a CPU generator on every device
     rng = np.random.default_rng(args.seed)
     archs = [sample(space, rng, limits) for _ in range(args.warmup + args.steps)]
     autocast = autocast_context(device, args.bf16)

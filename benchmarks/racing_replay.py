@@ -61,11 +61,12 @@ def record(args: argparse.Namespace) -> None:
     for i, arch in enumerate(archs):
         with torch.no_grad(), autocast_context(scorer.device, "auto"):
             weights = scorer._weights(arch, 0)
-            for first in range(0, scorer.num_images, scorer.batch_size):
-                x, y = scorer.images[first : first + scorer.batch_size], scorer.labels[first : first + scorer.batch_size]
+            first = 0
+            for x, y in scorer._slices(0, scorer.num_images):  # full scoring's batches
                 logits = net(x, arch, weights).float()
                 wrong[i, first : first + len(y)] = (logits.argmax(1) != y).numpy()
                 loss[i, first : first + len(y)] = F.cross_entropy(logits, y, reduction="none").numpy()
+                first += len(y)
         print(f"  {i + 1}/{len(archs)} recorded ({time.perf_counter() - started:.0f}s)", flush=True)
     np.savez(args.out, wrong=wrong, loss=loss, batch_size=scorer.batch_size)
     print(f"wrote {args.out}")

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -148,6 +149,33 @@ def set_torch_rng_state(generator: torch.Generator, state: torch.Tensor) -> None
         raise CheckpointError(f"invalid torch generator state: {_one_line(exc)}") from None
 
 
+# A CUDA generator's state: its Philox seed and offset, 8 bytes each. Checkpoints written
+# before z was drawn on the CPU hold one as their z generator.
+_CUDA_STATE_BYTES = 16
+
+
+def cpu_generator_from_state(state: torch.Tensor) -> torch.Generator:
+    """A CPU generator in the state `torch_rng_state` returned, whichever device wrote it.
+
+    Every generator the engine checkpoints is a CPU generator, so a run checkpointed on
+    a GPU resumes on a CPU worker and the reverse. A checkpoint written by older code
+    may hold a CUDA generator's state (16 bytes: Philox seed and offset), which no CPU
+    generator can continue: such a state reseeds a CPU generator with the first 8 bytes
+    of the SHA-256 of those 16 bytes. The resumed run then draws other random values
+    than the GPU would have, but always the same ones for the same checkpoint.
+
+    Raises:
+        CheckpointError: the tensor is neither a CPU nor a CUDA generator's state.
+    """
+    state = state.to("cpu", torch.uint8)
+    generator = torch.Generator()
+    if state.numel() == _CUDA_STATE_BYTES:
+        digest = hashlib.sha256(bytes(state.tolist())).digest()
+        return generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    set_torch_rng_state(generator, state)
+    return generator
+
+
 def _fsync_directory(directory: Path) -> None:
     """Makes the rename itself durable; not every platform can open a directory."""
     try:
@@ -212,6 +240,7 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "cpu_generator_from_state",
     "load_checkpoint",
     "numpy_rng_from_state",
     "numpy_rng_state",

@@ -199,7 +199,7 @@ class ScoreConfig:
     """How architectures are scored."""
 
     images: int | None = None  # validation images to score on, a fixed random subset (None: the whole split)
-    batch_size: int | None = None  # images per forward pass (None: 200 on a CPU, where smaller activations stay in cache, 1000 on CUDA)
+    batch_size: int | None = None  # images per forward pass (None: 200 on a CPU, where smaller activations stay in cache, 1000 on CUDA); halved when the device runs out of memory
     z_draws: int = 1  # independent z draws whose errors and losses are averaged
     bn_recalibration_batches: int = 4  # training batches that re-estimate BN statistics (0: off, the paper's way)
     bn_batch_size: int = 128  # images per recalibration batch
@@ -227,7 +227,7 @@ class RaceConfig:
     """Successive halving over validation images."""
 
     top_k: int = 10  # the ranking's head that must come out as with full scoring
-    first_images: int | None = None  # images of the first rung, rounded up to whole batches (None: 1/32 of the split)
+    first_images: int | None = None  # images of the first rung, whatever the batch size (None: 1/32 of the split); rounded up to the scorer's rung ends
     keep: float = 1 / 3  # fraction of candidates kept after each rung (the margin guard keeps close calls)
     min_survivors: int | None = None  # never keep fewer than this (None: top_k + 2)
     margin_z: float = 2.0  # also keep anyone within this many standard errors of the k-th best

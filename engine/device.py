@@ -82,6 +82,73 @@ def host_sync_allowed(device: torch.device) -> Iterator[None]:
         torch.cuda.set_sync_debug_mode(mode)
 
 
+# What an allocation on a full device raises (torch.OutOfMemoryError from torch 2.5 on).
+OUT_OF_MEMORY: tuple[type[BaseException], ...] = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+# Words of a CUDA error after which the process's CUDA context is unusable: every later
+# CUDA call fails the same way, whatever job runs.
+_STICKY_CUDA_WORDS = (
+    "CUDA error",
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "an illegal instruction",
+)
+
+
+def sticky_device_error(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from) leaves this process's CUDA context unusable.
+
+    `torch.AcceleratorError` (torch 2.8 on), or a `RuntimeError` whose message says
+    "CUDA error" (an illegal memory access, a device-side assert, a launch failure):
+    after one, every CUDA call of the process fails, so the job is not to blame and a
+    fresh process must take it. An out-of-memory is not sticky.
+    """
+    accelerator_error = getattr(torch, "AcceleratorError", None)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if not isinstance(current, OUT_OF_MEMORY) and "out of memory" not in str(current):
+            if accelerator_error is not None and isinstance(current, accelerator_error):
+                return True
+            if isinstance(current, RuntimeError) and any(word in str(current) for word in _STICKY_CUDA_WORDS):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def draw_z(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The HyperNet's random channel z, drawn on the CPU, to be copied to `device`.
+
+    z always comes from a CPU generator (None: torch's global CPU generator), in
+    training, scoring and export alike, so one seed gives the same z values on every
+    device: a score on a GPU and the exported "as scored" weights (built on the CPU)
+    use identical z by construction, and every generator a checkpoint holds is a CPU
+    generator, which resumes on any worker. For CUDA z is drawn into pinned memory, so
+    the caller's `copy_(z, non_blocking=True)` / `z.to(device, non_blocking=True)` is
+    queued like a kernel and no host sync waits for it.
+
+    Args:
+        shape: z's shape.
+        generator: a CPU generator, or None.
+        device: where z will be used.
+
+    Returns:
+        z on the CPU (pinned when `device` is a CUDA device).
+
+    Raises:
+        ValueError: `generator` lives on another device than the CPU.
+    """
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"z is drawn from a CPU generator (the same values on every device), got one on {generator.device}"
+        )
+    # normal_ on an empty tensor draws exactly the values torch.randn draws.
+    return torch.empty(shape, pin_memory=device.type == "cuda").normal_(generator=generator)
+
+
 def resolve_device(name: str) -> torch.device:
     """The device for a ``--device`` value: auto, cpu, cuda or cuda:N.
 
@@ -104,6 +171,19 @@ def resolve_device(name: str) -> torch.device:
             f"device {name!r} does not exist: this machine has {count} CUDA device(s)"
         )
     return torch.device(text)
+
+
+def cuda_identity(device: torch.device) -> tuple[str | None, str | None]:
+    """(UUID, name) of a CUDA device as the driver knows them, whatever CUDA_VISIBLE_DEVICES
+    renumbered; (None, None) for any other device. The UUID is spelt as nvidia-smi does ("GPU-...")."""
+    if device.type != "cuda":
+        return None, None
+    properties = torch.cuda.get_device_properties(device)
+    uuid = getattr(properties, "uuid", None)
+    text = None if uuid is None else str(uuid)
+    if text is not None and not text.startswith(("GPU-", "MIG-")):
+        text = f"GPU-{text}"
+    return text, properties.name
 
 
 def device_report() -> dict[str, Any]:

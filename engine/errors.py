@@ -57,6 +57,10 @@ class ChunkError(RuntimeError):
     """A chunk of a fanned-out search could not be scored; the message says which and why."""
 
 
+class DeviceMemoryError(RuntimeError):
+    """The device ran out of memory where no smaller batch can help; one line for the user."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message, or its type name when it has none.
 
@@ -75,6 +79,7 @@ __all__ = [
     "ConfigError",
     "DatasetError",
     "DeviceError",
+    "DeviceMemoryError",
     "InvalidRetrainConfig",
     "RetrainError",
     "TrainingDiverged",

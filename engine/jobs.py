@@ -22,7 +22,7 @@ import torch
 
 from engine.checkpoint import CheckpointError, save_weights
 from engine.config import DataConfig, ScoreConfig
-from engine.data import Dataset, DeviceImages, load_dataset
+from engine.data import Dataset, device_images, load_dataset
 from engine.device import autocast_context
 from engine.distributed import SINGLE, World
 from engine.errors import ConfigError, DatasetError
@@ -40,7 +40,7 @@ from engine.params import (
     score_method,
 )
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
-from engine.score import Score, Scorer, arch_seed, bn_recalibrated, recalibration_batches
+from engine.score import Score, Scorer, bn_recalibrated, recalibration_batches, z_generator
 from engine.search import run_search
 from engine.train import build_smash, load_smash, train_hypernet
 from engine.truth import TruthTable, load_truth
@@ -261,38 +261,54 @@ _scorers: dict[tuple[object, ...], Scorer] = {}
 
 
 def _scorer(
-    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path
+    spec: ExperimentSpec,
+    config: ScoreConfig,
+    device: torch.device,
+    hypernet_path: Path,
+    reporter: JobReporter | None = None,
+    first_rung: int | None = None,
 ) -> Scorer:
     """The scorer of a checkpoint; the last one is kept, since a worker scores chunk after
-    chunk of one search (the file's size and time tell a checkpoint written again)."""
+    chunk of one search (the file's size and time tell a checkpoint written again).
+
+    A kept scorer reports a halved batch to the job now using it, not to the one that made it.
+    """
+
+    def on_batch_halved(old: int, new: int, reason: str) -> None:
+        if reporter is not None:
+            reporter.event(f"scoring ran out of device memory at batch {old}, goes on at batch {new}: {reason}", "warning")
+
     try:
         stat = hypernet_path.stat()
-        key: tuple[object, ...] = (str(hypernet_path), stat.st_mtime_ns, stat.st_size, spec.data, config, str(device))
+        key: tuple[object, ...] = (
+            str(hypernet_path), stat.st_mtime_ns, stat.st_size, spec.data, config, str(device), first_rung
+        )
     except OSError:
         key = ()
-    if key and key in _scorers:
-        return _scorers[key]
-    scorer = _build_scorer(spec, config, device, hypernet_path)
-    _scorers.clear()
-    if key:
-        _scorers[key] = scorer
+    scorer = _scorers.get(key) if key else None
+    if scorer is None:
+        scorer = _build_scorer(spec, config, device, hypernet_path, first_rung)
+        _scorers.clear()
+        if key:
+            _scorers[key] = scorer
+    scorer.on_batch_halved = on_batch_halved
     return scorer
 
 
 def _build_scorer(
-    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path
+    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path, first_rung: int | None
 ) -> Scorer:
     net, _ = load_smash(hypernet_path, device)
     data = experiment_data(spec)
     if len(data.val) == 0:
         raise ConfigError("the validation split is empty: there is nothing to score on")
-    val = DeviceImages(data.val, device, data.mean, data.std)
+    val = device_images(data.val, device, data.mean, data.std)
     train = (
-        DeviceImages(data.train, device, data.mean, data.std)
+        device_images(data.train, device, data.mean, data.std)  # the one training uploaded
         if config.bn_recalibration_batches
         else None
     )
-    return Scorer(net, val, config, train=train)
+    return Scorer(net, val, config, train=train, first_rung=first_rung)
 
 
 def _truth(spec: ExperimentSpec, reporter: JobReporter, *, quiet: bool = False) -> TruthTable | None:
@@ -397,7 +413,8 @@ def run_chunk_job(
         return True
     if reporter.should_stop():
         return False
-    scorer = _scorer(spec, params.score, device, hypernet_path)
+    first_rung = params.race.first_images if params.racing else None  # as the search's own scorer cuts
+    scorer = _scorer(spec, params.score, device, hypernet_path, reporter, first_rung)
     truth = _truth(spec, reporter, quiet=True)
     buffer = _ScoreBuffer(reporter, params.commit_every)
     done = 0
@@ -464,7 +481,7 @@ def run_score_job(
     Returns:
         True when all were scored; False when it stopped on request.
     """
-    scorer = _scorer(spec, params.score, device, hypernet_path)
+    scorer = _scorer(spec, params.score, device, hypernet_path, reporter)
     truth = _truth(spec, reporter)
     buffer = _ScoreBuffer(reporter, 8)
     try:
@@ -574,14 +591,14 @@ def smash_initialised_model(
         raise ValueError("BatchNorm recalibration needs the data set")
     cpu = torch.device("cpu")
     model = kind_of(net.space).build_model(arch, spec.num_classes, spec.in_channels, net.space)
-    generator = torch.Generator().manual_seed(arch_seed(score.seed, arch, 0))
-    # Generated and recalibrated exactly as scoring does it (same autocast, same batches).
+    # Generated and recalibrated exactly as scoring does it (same z from the same CPU
+    # generator on every device, same autocast, same batches).
     with torch.no_grad(), autocast_context(cpu, score.bf16):
-        weights = net.generate(arch, generator=generator)
+        weights = net.generate(arch, generator=z_generator(score.seed, arch, 0))
         if not score.bn_recalibration_batches:
             return model.load_from_smash(net, weights).eval()
         assert data is not None
-        train = DeviceImages(data.train, cpu, data.mean, data.std)
+        train = device_images(data.train, cpu, data.mean, data.std)
         with bn_recalibrated(net, arch, weights, recalibration_batches(train, score)):
             return model.load_from_smash(net, weights).eval()
 

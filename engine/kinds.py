@@ -307,6 +307,10 @@ def space_from_dict(data: Mapping[str, Any]) -> Space:
     Raises:
         InvalidSearchSpace: an unknown kind, or a space its kind refuses.
     """
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    if kind not in spaces.SPACE_TYPES and kind in KINDS:
+        # A kind registered at run time: the torch-free table knows only the built-in ones.
+        return KINDS[kind].space_from_dict(data)
     return spaces.space_from_dict(data)
 
 

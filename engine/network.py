@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.arch import Architecture, ConvSpec, Op
+from engine.device import draw_z
 from engine.encoding import EncodingLayout, GenerationPlan
 from engine.hypernet import HyperNet, HyperNetConfig, autocast_dtype, gather_op_weights
 from engine.space import SearchSpace
@@ -176,7 +177,7 @@ class SmashNet(nn.Module):
         Args:
             arch: the architecture to encode.
             z: the random channel (rows x columns values); drawn from `generator` when None.
-            generator: where z comes from; its device decides where z is drawn.
+            generator: the CPU generator z comes from (see `engine.device.draw_z`).
         """
         return self._conditioning(self.plan(arch), z, generator)[0]
 
@@ -200,7 +201,7 @@ class SmashNet(nn.Module):
         Args:
             arch: the architecture.
             z: the random channel; drawn from `generator` when None.
-            generator: where z comes from.
+            generator: the CPU generator z comes from (see `engine.device.draw_z`).
             plan: `self.plan(arch)`, when prepared ahead; made now when None.
         """
         if plan is None:
@@ -217,13 +218,9 @@ class SmashNet(nn.Module):
         c, positions, counts = plan.unpack(buffer)
         channels, rows, columns = plan.c_shape
         conditioning = torch.empty(1, 1 + channels, rows, columns, device=device)
-        if z is None and (generator is None or generator.device == device):
-            conditioning[0, 0].normal_(generator=generator)  # the values torch.randn draws
-        else:
-            if z is None:
-                assert generator is not None
-                z = torch.randn(1, rows, columns, generator=generator, device=generator.device)
-            conditioning[0, 0].copy_(z.reshape(rows, columns), non_blocking=True)
+        if z is None:
+            z = draw_z((rows, columns), generator, device)  # on the CPU, pinned for CUDA: no host sync
+        conditioning[0, 0].copy_(z.reshape(rows, columns), non_blocking=True)
         conditioning[0, 1:].copy_(c)  # int8 -1/+1 to float
         return conditioning, positions, counts
 

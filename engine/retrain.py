@@ -55,7 +55,7 @@ from engine.checkpoint import (
     torch_rng_state,
 )
 from engine.config import INIT_RECIPES, RetrainConfig
-from engine.data import Dataset, DeviceImages
+from engine.data import Dataset, DeviceImages, device_images
 from engine.device import autocast_context, memory_format
 from engine.errors import InvalidRetrainConfig, RetrainError, first_line
 from engine.kinds import BANKS, Arch, DerivedModule, Space, SpaceKind
@@ -424,7 +424,7 @@ def retrain(
         if on_epoch is not None:
             on_epoch(_epoch_event(state, config, images_per_s, elapsed(), time.perf_counter() - epoch_start))
 
-    test = DeviceImages(data.test, device, data.mean, data.std)
+    test = device_images(data.test, device, data.mean, data.std)
     test_acc, test_loss = evaluate(run.model, test, device, bf16=config.bf16, channels_last=config.channels_last)
     val_accs = [point["val_acc"] for point in state.curve if point["val_acc"] is not None]
     return RetrainResult(
@@ -459,14 +459,14 @@ def _prepare(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    train = DeviceImages(data.train, device, data.mean, data.std)
+    train = device_images(data.train, device, data.mean, data.std)
     return _Run(
         model=model,
         optimizer=optimizer,
         config=config,
         device=device,
         train=train,
-        val=DeviceImages(data.val, device, data.mean, data.std) if len(data.val) else None,
+        val=device_images(data.val, device, data.mean, data.std) if len(data.val) else None,
         steps_per_epoch=train.num_batches(config.batch_size, drop_last=True),
         identity=_run_identity(kind, arch, data, config, num_classes, in_channels),
         path=path,

@@ -27,8 +27,13 @@ import torch.nn.functional as F
 
 from engine.config import RaceConfig, ScoreConfig
 from engine.data import DeviceImages
-from engine.device import autocast_context, host_sync_allowed, module_device
+from engine.device import OUT_OF_MEMORY, autocast_context, host_sync_allowed, module_device
+from engine.errors import DeviceMemoryError, first_line
 from engine.kinds import Arch, SmashModule, Weights
+
+# The smallest scoring batch: an out-of-memory at this size fails the scoring (the
+# network itself, or BN recalibration's batches, do not fit; halving cannot help).
+MIN_SCORING_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -69,21 +74,48 @@ def arch_seed(seed: int, arch: Arch, draw: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def recalibration_batches(train: DeviceImages, config: ScoreConfig) -> list[torch.Tensor]:
-    """The training batches BN recalibration runs on: fixed by `config.seed`, no augmentation."""
-    if not config.bn_recalibration_batches:
-        return []
-    fixed = torch.Generator().manual_seed(config.seed)
-    batches = train.batches(
-        config.bn_batch_size, shuffle=True, augment=False, generator=fixed,
-        drop_last=True, channels_last=config.channels_last,
-    )
-    chosen: list[torch.Tensor] = []
-    for x, _ in batches:
-        if len(chosen) == config.bn_recalibration_batches:
-            break
-        chosen.append(x)
-    return chosen
+def z_generator(seed: int, arch: Arch, draw: int) -> torch.Generator:
+    """The CPU generator of one z draw of `arch`: scoring, BN recalibration and export share it.
+
+    Always a CPU generator (see `engine.device.draw_z`): a score computed on a GPU, one
+    computed on the CPU and the weights exported "as scored" see the same z values.
+    """
+    return torch.Generator().manual_seed(arch_seed(seed, arch, draw))
+
+
+class RecalibrationBatches(Sequence[torch.Tensor]):
+    """BN recalibration's training batches, made from the uint8 split when they are read.
+
+    Only their positions are kept (on the device); each batch is gathered and
+    normalised from the shared training split on every read, so recalibration holds no
+    float copy of the training images.
+    """
+
+    def __init__(self, train: DeviceImages, positions: Sequence[torch.Tensor], channels_last: bool) -> None:
+        self.train = train
+        self.positions = list(positions)  # CPU int64, one tensor per batch
+        self._on_device = [train.upload(p) for p in self.positions]
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        x, _ = self.train.take(self.positions[index], self._on_device[index], channels_last=self.channels_last)
+        return x
+
+
+def recalibration_batches(train: DeviceImages, config: ScoreConfig) -> RecalibrationBatches:
+    """The training batches BN recalibration runs on: fixed by `config.seed`, no augmentation.
+
+    The first `bn_recalibration_batches` whole batches of a shuffled pass over `train`
+    (the order a seeded `DeviceImages.batches` draws), read from the shared split.
+    """
+    count = min(config.bn_recalibration_batches, len(train) // config.bn_batch_size)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed)) if count else None
+    size = config.bn_batch_size
+    positions = [] if order is None else [order[i * size : (i + 1) * size] for i in range(count)]
+    return RecalibrationBatches(train, positions, config.channels_last)
 
 
 @contextlib.contextmanager
@@ -133,41 +165,79 @@ def bn_recalibrated(
 class Scorer:
     """Scores architectures of one SMASH network on one validation split.
 
+    The scoring set is the validation split in a fixed random order (`scoring_order`),
+    read from the shared uint8 split and normalised batch by batch: the scorer holds no
+    float copy of it. Batches never cross a rung end (`rung_ends`), in full scoring as
+    in racing, so a race's survivors see exactly full scoring's batches.
+
     Args:
         net: the trained SMASH network (its training mode is restored after scoring).
         val: validation images, on the network's device.
         config: scoring options.
         train: training images, needed only for BN recalibration.
+        first_rung: images of racing's first rung (None: 1/32 of the scoring set); the
+            rung ends double from there (see `rung_ends`).
+        on_batch_halved: told (old batch, new batch, reason) when the device ran out of
+            memory and the scoring batch was halved.
     """
 
+    # Read by racing; class attributes so that a scorer made without __init__ has them.
+    first_rung: int | None = None
+    on_batch_halved: Callable[[int, int, str], None] | None = None
+
     def __init__(
-        self, net: SmashModule, val: DeviceImages, config: ScoreConfig = ScoreConfig(), train: DeviceImages | None = None
+        self,
+        net: SmashModule,
+        val: DeviceImages,
+        config: ScoreConfig = ScoreConfig(),
+        train: DeviceImages | None = None,
+        *,
+        first_rung: int | None = None,
+        on_batch_halved: Callable[[int, int, str], None] | None = None,
     ) -> None:
         if len(val) == 0:
             raise ValueError("cannot score on an empty validation split")
         if config.bn_recalibration_batches and train is None:
             raise ValueError("BN recalibration needs the training images")
+        if first_rung is not None and first_rung < 1:
+            raise ValueError(f"first_rung must be at least 1, got {first_rung}")
         self.net = net
         self.config = config
         self.device = module_device(net)
         self.batch_size = config.batch_size or (1000 if self.device.type == "cuda" else 200)
         self.num_images = min(config.images or len(val), len(val))
-        dtype = torch.float32
-        layout = torch.channels_last if config.channels_last else torch.contiguous_format
-        images, labels = [], []
-        for x, y in val.batches(self.batch_size, shuffle=False, augment=False, channels_last=config.channels_last):
-            images.append(x)
-            labels.append(y)
-        # The scoring set, normalised once: the validation images in a fixed random order,
-        # cut to `num_images`. Splits often come sorted by class (ImageFolder always is),
-        # and a prefix of a sorted split is one or two classes: a subset, or racing's first
+        self.first_rung = first_rung
+        self.on_batch_halved = on_batch_halved
+        # The scoring set: the validation images in a fixed random order, cut to
+        # `num_images`. Splits often come sorted by class (ImageFolder always is), and a
+        # prefix of a sorted split is one or two classes: a subset, or racing's first
         # rungs, would rank architectures by how they do on those classes alone.
-        order = scoring_order(len(val), config.seed)[: self.num_images].to(self.device)
-        self.images = torch.cat(images)[order].to(dtype).contiguous(memory_format=layout)
-        self.labels = torch.cat(labels)[order]
+        self.val = val
+        self.order = scoring_order(len(val), config.seed)[: self.num_images]  # CPU positions
+        self._order_on_device = val.upload(self.order)
+        self.labels = val.labels_at(self._order_on_device)  # int64, in scoring order
         self.recalibration = recalibration_batches(train, config) if train is not None else []
         self._bn_cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
         self._weight_cache: dict[tuple[Arch, int], Weights] | None = None
+
+    def rung_ends(self) -> list[int]:
+        """Where racing's rungs end: the first rung, doubling, then the whole scoring set.
+
+        Independent of the batch size: on CUDA (batch 1000) a 5,000-image split races
+        from 156 images, as on the CPU. Full scoring cuts its batches at these ends too,
+        so a race's survivors sum exactly full scoring's batches in the same order. An
+        end closer to the last one than a first rung is dropped (no rung of 8 images).
+        """
+        n = self.num_images
+        first = min(self.first_rung or max(1, n // 32), n)
+        ends = []
+        end = first
+        while end < n:
+            ends.append(end)
+            end *= 2
+        if len(ends) > 1 and n - ends[-1] < first:
+            ends.pop()
+        return [*ends, n]
 
     # One architecture --------------------------------------------------------------------
 
@@ -219,16 +289,16 @@ class Scorer:
         n = len(archs)
         if n == 0:
             return [], []
-        # Rungs end on whole scoring batches, so a survivor sees exactly the batches of
-        # full scoring and its score is bit-identical to `score` (another batch size may
-        # pick another kernel and flip a borderline image); doubling keeps the alignment.
-        # A scoring set of about one batch cannot be raced that way: there the rungs cut
-        # batches, and survivors' scores may differ from `score` in the last digits.
-        first = race.first_images or max(1, self.num_images // 32)
-        aligned = math.ceil(first / self.batch_size) * self.batch_size
-        first = min(aligned if aligned < self.num_images else first, self.num_images)
+        # Rungs end on the scorer's rung ends, where full scoring cuts its batches too, so a
+        # survivor sums exactly full scoring's batches and its score is bit-identical to
+        # `score` (another cut may pick another kernel and flip a borderline image). A
+        # race's own first_images is rounded up to the next of those ends.
+        ends = self.rung_ends()
+        first = race.first_images or ends[0]
+        targets = ends[next((i for i, end in enumerate(ends) if end >= first), len(ends) - 1) :]
         min_survivors = race.min_survivors if race.min_survivors is not None else race.top_k + 2
         sums = [self._zero_sums() for _ in range(n)]
+        batch_of = [self.batch_size] * n  # the batch size each candidate's sums were made with
         rungs: list[dict[int, tuple[float, float]]] = [{} for _ in range(n)]
         alive = list(range(n))
         results: dict[int, Score] = {}
@@ -244,14 +314,29 @@ class Scorer:
             if on_result is not None:
                 on_result(archs[i], results[i])
 
+        def extend(i: int, done: int, target: int) -> None:
+            # After an out-of-memory halved the batch, a candidate's earlier sums are made
+            # again at the new size: a survivor's score must be what `score` now gives.
+            if batch_of[i] != self.batch_size:
+                sums[i].zero_()
+                done = 0
+            self._sums(archs[i], done, target, into=sums[i])
+            batch_of[i] = self.batch_size
+
         self._bn_cache, self._weight_cache = {}, weight_cache
         try:
-            done, target = 0, first
-            while alive:
+            done = 0
+            for target in targets:
+                if not alive:
+                    break
                 for i in alive:
-                    self._sums(archs[i], done, target, into=sums[i])
+                    extend(i, done, target)
                 done = target
                 if done >= self.num_images:
+                    while any(batch_of[i] != self.batch_size for i in alive):  # halved by a later candidate
+                        for i in alive:
+                            if batch_of[i] != self.batch_size:
+                                extend(i, done, done)
                     break
                 with host_sync_allowed(self.device):
                     totals = torch.stack([sums[i].sum(0) for i in alive]).tolist()  # one copy per rung
@@ -264,7 +349,6 @@ class Scorer:
                         if i not in kept:
                             report(i, done, "racing")
                     alive = [i for i in alive if i in kept]
-                target = min(2 * target, self.num_images)
         finally:
             self._bn_cache, self._weight_cache = None, None
         for i in alive:
@@ -326,19 +410,54 @@ class Scorer:
         """(wrong, loss) per z draw, all zero, on the device."""
         return torch.zeros(self.config.z_draws, 2, device=self.device)
 
-    @torch.no_grad()
     def _sums(
         self, arch: Arch, start: int, stop: int, into: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(wrong, loss) per z draw over images [start, stop), added batch by batch to `into`.
 
-        Float sums depend on their order: a race adds each rung's batches to the running
-        sums one by one, exactly as full scoring adds them, so a survivor's score is
-        bit-identical to `score` (a rung summed on its own and then added would not be).
+        `into` holds the sums over [0, start) (a race's earlier rungs). Float sums depend
+        on their order: a race adds each rung's batches to the running sums one by one,
+        exactly as full scoring adds them, so a survivor's score is bit-identical to
+        `score` (a rung summed on its own and then added would not be).
+
+        When the device runs out of memory the scoring batch is halved and the whole
+        architecture's sums are made again at the new size (from image 0, so that they
+        stay what `score` gives); at `MIN_SCORING_BATCH` the scoring fails.
+
+        Raises:
+            DeviceMemoryError: out of device memory even at the smallest batch.
         """
+        totals = self._zero_sums() if into is None else into
+        while True:
+            batch = self.batch_size
+            try:
+                return self._add_sums(arch, start, stop, totals)
+            except OUT_OF_MEMORY as exc:
+                reason = first_line(exc, 200)
+            # Outside the except clause: the failed attempt's tensors went with its traceback.
+            self._halve_batch(batch, reason)
+            totals.zero_()
+            start = 0 if into is not None else start
+
+    def _halve_batch(self, batch: int, reason: str) -> None:
+        """Halves the scoring batch after an out-of-memory at `batch`, or fails at the floor."""
+        if batch <= MIN_SCORING_BATCH:
+            raise DeviceMemoryError(
+                f"scoring ran out of {self.device.type.upper()} memory even at batch {batch}, "
+                f"the smallest it tries: {reason}"
+            )
+        self.batch_size = max(MIN_SCORING_BATCH, batch // 2)
+        if self.device.type == "cuda":
+            with host_sync_allowed(self.device):  # deliberate: once per out-of-memory
+                torch.cuda.empty_cache()  # the failed batch's cached blocks back to the driver
+        if self.on_batch_halved is not None:
+            self.on_batch_halved(batch, self.batch_size, reason)
+
+    @torch.no_grad()
+    def _add_sums(self, arch: Arch, start: int, stop: int, totals: torch.Tensor) -> torch.Tensor:
+        """Adds (wrong, loss) per z draw over images [start, stop) to `totals`, batch by batch."""
         net = self.net
         was_training = net.training
-        totals = self._zero_sums() if into is None else into
         try:
             for draw in range(self.config.z_draws):
                 with autocast_context(self.device, self.config.bf16):
@@ -358,16 +477,26 @@ class Scorer:
         cache = self._weight_cache  # a dict only while racing
         weights = cache.get((arch, draw)) if cache is not None else None
         if weights is None:
-            generator = torch.Generator(device=self.device).manual_seed(arch_seed(self.config.seed, arch, draw))
-            weights = self.net.generate(arch, generator=generator)
+            weights = self.net.generate(arch, generator=z_generator(self.config.seed, arch, draw))
             if cache is not None:
                 cache[(arch, draw)] = weights
         return weights
 
     def _slices(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for first in range(start, stop, self.batch_size):
-            last = min(first + self.batch_size, stop)
-            yield self.images[first:last], self.labels[first:last]
+        """Normalised batches of the scoring set over [start, stop), never across a rung end.
+
+        Each stretch between two rung ends is read in batches from its start, so the
+        images [start, stop) of a race's rung come in exactly the batches full scoring
+        reads them in.
+        """
+        cuts = [start, *(end for end in self.rung_ends() if start < end < stop), stop]
+        for begin, end in zip(cuts, cuts[1:]):
+            for first in range(begin, end, self.batch_size):
+                last = min(first + self.batch_size, end)
+                x, y = self.val.take(
+                    self.order[first:last], self._order_on_device[first:last], channels_last=self.config.channels_last
+                )
+                yield x, y
 
     @contextlib.contextmanager
     def recalibrated(self, arch: Arch, weights: Weights, draw: int) -> Iterator[None]:

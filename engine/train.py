@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import (
     CheckpointError,
+    cpu_generator_from_state,
     load_checkpoint,
     numpy_rng_from_state,
     numpy_rng_state,
@@ -42,7 +43,7 @@ from engine.checkpoint import (
     torch_rng_state,
 )
 from engine.config import HyperNetConfig, TrainConfig
-from engine.data import Dataset, DeviceImages
+from engine.data import Dataset, DeviceImages, device_images
 from engine.device import autocast_context, host_sync_allowed, module_device
 from engine.distributed import SINGLE, World
 from engine.errors import TrainingDiverged, first_line
@@ -71,7 +72,7 @@ class TrainState:
     """Where a HyperNet training run is: what its checkpoint holds besides weights and optimiser."""
 
     arch_rng: np.random.Generator  # draws every step's architecture
-    z_rng: torch.Generator  # draws the HyperNet's z, on the training device
+    z_rng: torch.Generator  # draws the HyperNet's z; a CPU generator on every device (see engine.device.draw_z)
     data_rng: torch.Generator  # batch order and augmentation
     epoch_data_state: torch.Tensor  # data_rng's state at the start of the current epoch
     step: int = 0  # optimiser steps done
@@ -81,11 +82,12 @@ class TrainState:
 
     @classmethod
     def start(cls, seed: int, device: torch.device) -> TrainState:
-        """A fresh run: all randomness from one seed."""
+        """A fresh run: all randomness from one seed, in CPU generators whatever `device` is."""
+        del device  # the same values on every device: z is drawn on the CPU (engine.device.draw_z)
         data_rng = torch.Generator().manual_seed(seed)
         return cls(
             arch_rng=np.random.default_rng([seed, 1]),
-            z_rng=torch.Generator(device=device).manual_seed(seed + 1),
+            z_rng=torch.Generator().manual_seed(seed + 1),
             data_rng=data_rng,
             epoch_data_state=torch_rng_state(data_rng),
         )
@@ -109,12 +111,17 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, state: Mapping[str, Any], device: torch.device) -> TrainState:
-        """The state `to_checkpoint` wrote (KeyError, ValueError or CheckpointError if it cannot be)."""
-        z_rng = torch.Generator(device=device)
-        set_torch_rng_state(z_rng, state["z_rng"].cpu())
+        """The state `to_checkpoint` wrote (KeyError, ValueError or CheckpointError if it cannot be).
+
+        Every generator comes back as a CPU generator, whichever device wrote the
+        checkpoint and whichever resumes it (`device` is where the run goes on). A
+        checkpoint written before z moved to the CPU may hold a CUDA generator's state
+        instead (`cpu_generator_from_state` reseeds a CPU generator from it).
+        """
+        del device  # generators live on the CPU on every device
         return cls(
             arch_rng=numpy_rng_from_state(state["arch_rng"]),
-            z_rng=z_rng,
+            z_rng=cpu_generator_from_state(state["z_rng"]),
             data_rng=torch.Generator(),  # set to epoch_data_state when the epoch's batches are drawn
             epoch_data_state=state["epoch_data_rng"].cpu(),
             step=state["step"],
@@ -293,8 +300,8 @@ def train_hypernet(
         CheckpointError: the checkpoint to resume from is unusable.
     """
     device = module_device(net)
-    with host_sync_allowed(device):  # setup: the data set moves to the device once
-        train_images = DeviceImages(data.train, device, data.mean, data.std)
+    with host_sync_allowed(device):  # setup: the data set moves to the device once per process
+        train_images = device_images(data.train, device, data.mean, data.std)
     per_epoch = train_images.num_batches(config.batch_size, drop_last=True)
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(train_images)} images, fewer than one batch of {config.batch_size}")
@@ -452,8 +459,8 @@ class _EpochEvaluator:
 
     def __init__(self, run: _Run, data: Dataset) -> None:
         config, device = run.config, run.device
-        val = DeviceImages(data.val, device, data.mean, data.std)
-        train = DeviceImages(data.train, device, data.mean, data.std) if config.eval_bn_batches else None
+        val = device_images(data.val, device, data.mean, data.std)
+        train = device_images(data.train, device, data.mean, data.std) if config.eval_bn_batches else None  # the loop's own
         images = min(config.eval_images, len(val))
         score_config = ScoreConfig(
             images=images, seed=config.seed, bf16=config.bf16, bn_recalibration_batches=config.eval_bn_batches

@@ -83,7 +83,9 @@ def load_truth(config: TruthConfig) -> TruthTable:
     counts: dict[str, int] = defaultdict(int)
     rows = 0
     try:
-        with path.open(newline="", encoding="utf-8") as file:
+        # utf-8-sig: a table saved by a spreadsheet starts with a byte-order mark, which
+        # would otherwise become part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as file:
             reader = csv.DictReader(file)
             header = reader.fieldnames or []
             missing = [name for name in (STRING_COLUMN, wanted) if name not in header]

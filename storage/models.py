@@ -157,6 +157,15 @@ class Worker(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     current_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Its GPU, recorded when it registers (None for a CPU worker): the physical GPU behind
+    # its "cuda:N" as nvidia-smi numbers it, whatever CUDA_VISIBLE_DEVICES it ran with.
+    gpu_index: Mapped[int | None] = mapped_column(Integer)  # nvidia-smi's index
+    gpu_uuid: Mapped[str | None] = mapped_column(String)  # "GPU-..." (or a MIG instance's "MIG-...")
+    gpu_name: Mapped[str | None] = mapped_column(String)  # e.g. "NVIDIA H100 80GB HBM3"
+    # What its GPU reported at its last heartbeat (NVML, else nvidia-smi); None: unknown.
+    gpu_memory_used_mib: Mapped[float | None] = mapped_column(Float)
+    gpu_memory_total_mib: Mapped[float | None] = mapped_column(Float)
+    gpu_utilization_pct: Mapped[float | None] = mapped_column(Float)
 
 
 class Checkpoint(Base):

@@ -419,6 +419,19 @@ def _scores_by_hash(
     return {hash_: score for hash_, score in session.execute(query)}
 
 
+def count_without_truth(session: Session, job_id: int) -> int:
+    """Architectures a job scored that carry no benchmark accuracy (``bench_acc`` NULL).
+
+    In an experiment with a benchmark table these are the cells the table lacks.
+    """
+    query = (
+        select(func.count(func.distinct(Score.architecture_id)))
+        .join(Architecture, Architecture.id == Score.architecture_id)
+        .where(Score.job_id == job_id, Architecture.bench_acc.is_(None))
+    )
+    return int(session.scalar(query) or 0)
+
+
 def add_metrics(session: Session, rows: Iterable[MetricIn]) -> None:
     """Record metric points; a point recorded again (a re-run step) replaces the old value.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -136,6 +136,77 @@ def proxy_pairs(session: Session, experiment_id: int) -> list[ProxyPair]:
         ProxyPair(ident, float(err), float(acc), bool(partial))
         for ident, err, acc, partial in rows
     ]
+
+
+@dataclass(frozen=True)
+class BenchPair:
+    """A scored architecture: its SMASH error beside a published benchmark's accuracy of it.
+
+    A separate type from ``ProxyPair``: a benchmark's accuracy was measured by
+    someone else, with another protocol, and is never mixed with a retrain's.
+    """
+
+    id: int  # architecture id
+    err: float  # SMASH error of its newest score, percent
+    bench: float  # the benchmark table's accuracy of it, percent
+    partial: bool = False  # the error is racing's, measured on part of the validation images
+
+
+def bench_pairs(session: Session, experiment_id: int) -> list[BenchPair]:
+    """The experiment's architectures that have both a score and a benchmark accuracy.
+
+    Ordered as the engine ranks them (complete scores first, then by error, then
+    id); one scan of the error's browse index, which holds every column read.
+    """
+    rows = session.execute(
+        select(
+            Architecture.id,
+            Architecture.latest_error,
+            Architecture.bench_acc,
+            Architecture.latest_partial,
+        )
+        .where(Architecture.experiment_id == experiment_id)
+        .where(Architecture.latest_error.is_not(None), Architecture.bench_acc.is_not(None))
+        .order_by(Architecture.latest_partial, Architecture.latest_error, Architecture.id)
+    )
+    return [
+        BenchPair(ident, float(err), float(bench), bool(partial))
+        for ident, err, bench, partial in rows
+    ]
+
+
+@dataclass(frozen=True)
+class TruthCounts:
+    """What an experiment's SMASH errors can be compared with."""
+
+    scored: int  # architectures with a SMASH error
+    benchmark: int  # of which have a benchmark accuracy
+    retrained: int  # of which have a finished retrain
+    table: dict[str, Any] | None  # the experiment config's "truth" ({"path", "column"}), if any
+
+
+def truth_counts(session: Session, experiment_id: int) -> TruthCounts:
+    """How many scored architectures have each kind of truth, and which table gave benchmarks.
+
+    Raises:
+        StorageError: The experiment does not exist.
+    """
+    config = session.scalar(select(Experiment.config).where(Experiment.id == experiment_id))
+    if config is None:
+        raise StorageError(f"experiment {experiment_id} does not exist")
+    scored, benchmark, retrained = session.execute(
+        select(
+            func.count(),
+            func.count(Architecture.bench_acc),
+            func.count(Architecture.best_test_acc),
+        )
+        .where(Architecture.experiment_id == experiment_id)
+        .where(Architecture.latest_error.is_not(None))
+    ).one()
+    table = config.get("truth") if isinstance(config, dict) else None
+    return TruthCounts(
+        int(scored), int(benchmark), int(retrained), table if isinstance(table, dict) else None
+    )
 
 
 def scored_costs(

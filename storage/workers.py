@@ -1,7 +1,10 @@
 """The worker registry: which worker processes exist, where, and whether they are alive.
 
 A worker registers when it starts, sends a heartbeat every few seconds (even while
-idle) and records its stop; the UI and ``smash info`` list the alive ones.
+idle) and records its stop; the UI and ``smash info`` list the alive ones. A GPU
+worker records which physical GPU it computes on when it registers (``GpuIdentity``)
+and sends that GPU's memory and load with each heartbeat (``GpuReading``), so they
+show for workers on any host.
 
 A worker killed outright (``kill -9``, out of memory) records no stop, and its
 heartbeat only goes stale after a timeout. On its own host it is known dead at once:
@@ -41,6 +44,24 @@ workers = Worker.__table__
 
 
 @dataclass(frozen=True)
+class GpuIdentity:
+    """The physical GPU behind a worker's device, as the driver (nvidia-smi, NVML) names it."""
+
+    index: int | None = None  # nvidia-smi's index (not the worker's cuda:N under CUDA_VISIBLE_DEVICES)
+    uuid: str | None = None  # "GPU-..." (a MIG instance: "MIG-...")
+    name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3"
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """A worker's GPU at one heartbeat."""
+
+    memory_used_mib: float | None = None  # memory in use on the whole GPU, MiB
+    memory_total_mib: float | None = None  # memory on the GPU, MiB
+    utilization_pct: float | None = None  # busy share over the driver's last sample, percent
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A registered worker process, for display."""
 
@@ -51,6 +72,17 @@ class WorkerInfo:
     started_at: datetime  # when it registered (UTC)
     heartbeat_at: datetime  # its last sign of life (UTC)
     current_job_id: int | None  # the job it is running, if any
+    gpu_index: int | None = None  # its GPU as nvidia-smi numbers it (None: a CPU worker, or unknown)
+    gpu_uuid: str | None = None  # its GPU's UUID
+    gpu_name: str | None = None  # its GPU's name
+    gpu_memory_used_mib: float | None = None  # at its last heartbeat
+    gpu_memory_total_mib: float | None = None
+    gpu_utilization_pct: float | None = None
+
+    @property
+    def gpu_reported(self) -> bool:
+        """Whether its heartbeat carries its GPU's memory (workers before this did not send it)."""
+        return self.gpu_memory_total_mib is not None
 
 
 def register_worker(
@@ -59,6 +91,7 @@ def register_worker(
     device: str,
     host: str | None = None,
     pid: int | None = None,
+    gpu: GpuIdentity | None = None,
 ) -> str:
     """Register a worker process and return its id ("host:pid:uuid8").
 
@@ -67,25 +100,46 @@ def register_worker(
         device: What it computes on, e.g. "cuda:0" or "cpu".
         host: Host name; defaults to this host.
         pid: Process id; defaults to this process.
+        gpu: The physical GPU behind ``device``, when it is one.
     """
     host = host or socket.gethostname()
     pid = os.getpid() if pid is None else pid
     worker_id = f"{host}:{pid}:{uuid.uuid4().hex[:8]}"
+    gpu = gpu or GpuIdentity()
     with engine_of(engine_or_db).begin() as connection:
         now = db_now(connection)
         connection.execute(
             insert(workers).values(
-                id=worker_id, host=host, pid=pid, device=device, started_at=now, heartbeat_at=now
+                id=worker_id,
+                host=host,
+                pid=pid,
+                device=device,
+                started_at=now,
+                heartbeat_at=now,
+                gpu_index=gpu.index,
+                gpu_uuid=gpu.uuid,
+                gpu_name=gpu.name,
             )
         )
     return worker_id
 
 
-def worker_heartbeat(engine_or_db: Engine | Database, worker_id: str) -> None:
-    """Record that a worker is alive (call it even while idle)."""
+def worker_heartbeat(
+    engine_or_db: Engine | Database, worker_id: str, *, gpu: GpuReading | None = None
+) -> None:
+    """Record that a worker is alive (call it even while idle), with its GPU's figures if given."""
+    values: dict[str, object] = {}
+    if gpu is not None:
+        values = {
+            "gpu_memory_used_mib": gpu.memory_used_mib,
+            "gpu_memory_total_mib": gpu.memory_total_mib,
+            "gpu_utilization_pct": gpu.utilization_pct,
+        }
     with engine_of(engine_or_db).begin() as connection:
         result = connection.execute(
-            update(workers).where(workers.c.id == worker_id).values(heartbeat_at=now_sql(connection))
+            update(workers)
+            .where(workers.c.id == worker_id)
+            .values(heartbeat_at=now_sql(connection), **values)
         )
     if result.rowcount != 1:
         raise NotFoundError(f"no worker with id {worker_id}")
@@ -119,6 +173,12 @@ _INFO_COLUMNS = (
     workers.c.started_at,
     workers.c.heartbeat_at,
     workers.c.current_job_id,
+    workers.c.gpu_index,
+    workers.c.gpu_uuid,
+    workers.c.gpu_name,
+    workers.c.gpu_memory_used_mib,
+    workers.c.gpu_memory_total_mib,
+    workers.c.gpu_utilization_pct,
 )
 
 

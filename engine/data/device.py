@@ -5,10 +5,19 @@ All randomness of an epoch (order, crop offsets, flips) is drawn up front from a
 `torch.Generator` and moved to the device once, so nothing in the per-batch loop reads
 a device value back to the host, a seeded run is reproducible, and a run resumed in the
 middle of an epoch can redraw the same epoch and skip the batches it already did.
+
+A split lives on a device once per process: `device_images` hands every loop of a
+worker (HyperNet training, its epoch evaluation, scoring, BN recalibration,
+retraining) the same `DeviceImages` of a split, and every one of them normalises its
+batches on the fly from the uint8 images. Whether a split is kept on a GPU or streamed
+from pinned host memory is decided across all splits on that GPU (`fits_on_device`):
+the splits on it may take `DATA_SHARE` of its memory, the rest is left to networks,
+activations and the scoring batch.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -17,16 +26,79 @@ import torch.nn.functional as F
 from engine.data.core import Split
 
 PAD = 4  # random crops translate by up to this many pixels, filling with pixel value 0
-DEFAULT_DEVICE_BYTES = 4 << 30  # larger image sets stay in host memory and are streamed
+# The share of a GPU's memory (free now, plus what splits already hold there) that
+# resident splits may take together; a split that would pass it is streamed instead.
+# On a 16 GB card about 7.5 GB: Imagenet32's 3.9 GB training split stays resident.
+DATA_SHARE = 0.5
+
+# Resident splits by device, to sum what data already holds on each GPU.
+_resident: weakref.WeakSet[DeviceImages] = weakref.WeakSet()
+# The one DeviceImages of each split per device and normalisation (see device_images).
+_shared: weakref.WeakKeyDictionary[Split, dict[tuple[str, tuple[float, ...], tuple[float, ...]], DeviceImages]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def fits_on_device(nbytes: int, free_bytes: int, placed_bytes: int, share: float = DATA_SHARE) -> bool:
+    """Whether a split of `nbytes` may live on a GPU beside the splits already there.
+
+    Args:
+        nbytes: the split's image bytes (uint8: one per value).
+        free_bytes: the GPU's free memory now (`torch.cuda.mem_get_info`).
+        placed_bytes: what resident splits already hold on it (counted as usable too).
+        share: the share of that memory all resident splits may take together.
+    """
+    return placed_bytes + nbytes <= share * (free_bytes + placed_bytes)
+
+
+def _indexed(device: torch.device | str) -> torch.device:
+    """The device with its index: "cuda" and "cuda:0" name one GPU (the current one)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resident_bytes(device: torch.device | str) -> int:
+    """Image bytes that resident `DeviceImages` of this process hold on `device`."""
+    device = _indexed(device)
+    return sum(images.nbytes for images in list(_resident) if _indexed(images.device) == device)
+
+
+def _place_on_device(nbytes: int, device: torch.device) -> bool:
+    """The memory budget of one GPU, across every split this process keeps there."""
+    if device.type != "cuda":
+        return True  # the CPU's "device" is host memory: nothing to stream from
+    free, _total = torch.cuda.mem_get_info(device)
+    return fits_on_device(nbytes, free, resident_bytes(device))
+
+
+def device_images(
+    split: Split, device: torch.device | str, mean: Sequence[float], std: Sequence[float]
+) -> DeviceImages:
+    """The `DeviceImages` of `split` on `device`, made once per process and shared.
+
+    Training, its epoch evaluation, scoring, BN recalibration and retraining of one
+    worker all ask for their splits here, so a split is uploaded (or pinned) once,
+    not once per loop. An entry lives as long as its split (a worker keeps the last
+    data set it loaded: `engine.jobs.get_dataset`).
+    """
+    device = _indexed(device)
+    key = (str(device), tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    entries = _shared.setdefault(split, {})
+    if key not in entries:
+        entries[key] = DeviceImages(split, device, mean, std)
+    return entries[key]
 
 
 class DeviceImages:
     """One split, ready to be batched on a device.
 
-    Images live on the device as uint8 when they fit in `max_device_bytes` (Imagenet32's
-    training split, 3.9 GB, does by default); otherwise they stay in pinned host memory
-    and each batch is gathered on the host and copied asynchronously. Labels always
-    live on the device. Both modes give identical batches.
+    Images live on the device as uint8 when they fit (`max_device_bytes`, else the
+    GPU's budget across all resident splits: `fits_on_device`); otherwise they stay in
+    pinned host memory and each batch is gathered on the host and copied
+    asynchronously. Labels always live on the device. Both modes give identical
+    batches. Loops get theirs from `device_images`, which shares one per split.
     """
 
     def __init__(
@@ -36,7 +108,7 @@ class DeviceImages:
         mean: Sequence[float],
         std: Sequence[float],
         *,
-        max_device_bytes: int = DEFAULT_DEVICE_BYTES,
+        max_device_bytes: int | None = None,
     ) -> None:
         """Moves `split` to `device` (or pins it, if it is too large).
 
@@ -45,12 +117,18 @@ class DeviceImages:
             device: where batches are yielded.
             mean: per-channel mean in [0, 1] pixel units (usually the train split's).
             std: per-channel standard deviation in [0, 1] pixel units.
-            max_device_bytes: the most image bytes to keep on the device.
+            max_device_bytes: the most image bytes to keep on the device (None: the
+                device's budget decides, see `fits_on_device`).
         """
         self.device = torch.device(device)
-        self.resident = split.images.numel() <= max_device_bytes  # uint8: one byte each
+        self.nbytes = split.images.numel()  # uint8: one byte each
+        if max_device_bytes is not None:
+            self.resident = self.nbytes <= max_device_bytes
+        else:
+            self.resident = _place_on_device(self.nbytes, self.device)
         if self.resident:
             self._images = split.images.to(self.device)
+            _resident.add(self)
         elif self.device.type == "cuda":
             self._images = split.images.pin_memory()  # lets copies overlap compute
         else:
@@ -151,9 +229,47 @@ class DeviceImages:
                     images = self._stream(order[start:stop])
             if moves is not None:
                 images = self._crop_and_flip(images, moves[start:stop])
-            x = images.to(torch.float32, memory_format=layout)
-            x.mul_(self._scale).add_(self._shift)
-            yield x.to(dtype), labels
+            yield self._normalise(images, layout, dtype), labels
+
+    def take(
+        self,
+        indices: torch.Tensor,
+        on_device: torch.Tensor | None = None,
+        *,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at `indices`, normalised on the device (no augmentation).
+
+        What a loop that reads a split in its own fixed order uses (scoring, BN
+        recalibration): only the uint8 split stays on the device, each batch is made
+        when it is needed.
+
+        Args:
+            indices: int64 positions on the CPU.
+            on_device: the same positions already on the device (`upload`), to spare a
+                copy per batch; None copies them now.
+            channels_last: yield images in channels-last memory format.
+            dtype: floating dtype of the images.
+        """
+        positions = self.upload(indices) if on_device is None else on_device
+        images = self._images[positions] if self.resident else self._stream(indices)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return self._normalise(images, layout, dtype), self._labels[positions]
+
+    def labels_at(self, on_device: torch.Tensor) -> torch.Tensor:
+        """The labels at positions already on the device."""
+        return self._labels[on_device]
+
+    def upload(self, values: torch.Tensor) -> torch.Tensor:
+        """CPU values (positions, augmentation moves) copied to the device without a host sync."""
+        return self._upload(values)
+
+    def _normalise(self, images: torch.Tensor, layout: torch.memory_format, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 images to normalised floats: (x / 255 - mean) / std, computed as x * scale + shift."""
+        x = images.to(torch.float32, memory_format=layout)
+        x.mul_(self._scale).add_(self._shift)
+        return x.to(dtype)
 
     def _upload(self, values: torch.Tensor) -> torch.Tensor:
         """Copies per-epoch CPU values to the device without waiting for queued GPU work."""

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.device import draw_z
 from engine.hypernet import HyperNetConfig
 from engine.nb201.cell import CONV_KERNELS, CONV_OPS, EDGES, Cell
 from engine.nb201.hypernet import CellEncoding, CellHyperNet, mix_bases
@@ -271,7 +272,7 @@ class NB201Smash(nn.Module):
         Args:
             cell: the cell to encode.
             z: positions x 6 values; drawn from `generator` when None.
-            generator: where z comes from; its device decides where z is drawn.
+            generator: the CPU generator z comes from (see `engine.device.draw_z`).
         """
         device = self.stem.conv.weight.device
         c = self.encoding.encode(cell)
@@ -279,8 +280,7 @@ class NB201Smash(nn.Module):
             c = c.pin_memory()  # a pinned source makes the copy asynchronous: no host sync
         c = c.to(device, non_blocking=True)
         if z is None:
-            z_device = generator.device if generator is not None else device
-            z = torch.randn(1, *c.shape[1:], generator=generator, device=z_device)
+            z = draw_z((1, *c.shape[1:]), generator, device)  # on the CPU, pinned for CUDA: no host sync
         z = z.to(device, non_blocking=True).reshape(1, *c.shape[1:])
         return torch.cat([z, c], 0).unsqueeze(0)
 

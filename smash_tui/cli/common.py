@@ -274,6 +274,8 @@ def run_foreground(
             restore()
     if worker.log_path is not None:
         console.print(f"[dim]worker log: {worker.log_path}[/dim]")
+    if worker.device_failure is not None:  # a sticky CUDA error: the job waits in the queue
+        fail(f"{worker.device_failure}; `smash worker` resumes it")
     if code == EXIT_INTERRUPTED or worker.stopping:
         print_error(
             "interrupted: the running job was checkpointed and requeued; `smash worker` resumes it"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from smash_tui.gpus import GpuStatus, worker_gpu
 from storage.errors import first_line
 from storage.models import Experiment, Job
 from storage.queries import ArchitectureDetail, ArchitectureRow
@@ -262,8 +264,10 @@ def row_dict(row: ArchitectureRow) -> dict[str, Any]:
 
 def architectures_table(rows: Sequence[ArchitectureRow], title: str = "") -> Table:
     """The ``smash ls`` table; a ``bench %`` column where a benchmark table gave truths."""
-    table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left")
     bench = any(row.bench is not None for row in rows)
+    # The bench column makes eleven: with one space between columns instead of two they
+    # still fit 80 characters, where rich would otherwise cut every number to "43.…".
+    table = Table(title=title or None, box=box.SIMPLE_HEAD, title_justify="left", collapse_padding=bench)
     names = ["id", "err %", "loss", "params", "FLOPs", "depth", "ops", "acc %"]
     names += ["bench %"] if bench else []
     for name in [*names, "retrain", "source"]:
@@ -383,27 +387,66 @@ def experiments_table(experiments: Sequence[Experiment]) -> Table:
     return table
 
 
-def workers_table(workers: Sequence[WorkerInfo], jobs: Mapping[int, str] | None = None) -> Table:
-    """Alive workers, for ``smash info``: where each runs and what.
+def workers_table(
+    workers: Sequence[WorkerInfo], local_gpus: Sequence[GpuStatus] = (), jobs: Mapping[int, str] | None = None
+) -> Table:
+    """Alive workers on every host, for ``smash info``: device, GPU, memory, load, job.
 
     Args:
-        workers: The workers.
+        workers: The alive workers.
+        local_gpus: This host's GPUs, for a worker of this host that sent no GPU figures.
         jobs: How each current job is shown (``storage.queries.job_labels``).
     """
     table = Table(box=box.SIMPLE_HEAD)
-    for name in ("host", "pid", "device", "job", "started", "last heartbeat"):
-        table.add_column(name)
+    for name in ("worker", "host", "device", "GPU", "memory", "busy", "job", "last heartbeat"):
+        table.add_column(name, no_wrap=name != "GPU")
+    host = socket.gethostname()
     for worker in workers:
+        gpu = worker_gpu(worker, list(local_gpus), host)
+        memory = (
+            f"{gpu.memory_used_mib / 1024:.1f}/{gpu.memory_total_mib / 1024:.0f} GiB"
+            if gpu is not None and gpu.memory_total_mib
+            else "-"
+        )
+        busy = f"{gpu.utilization_pct:.0f} %" if gpu is not None and gpu.utilization_pct is not None else "-"
         job = worker.current_job_id
         table.add_row(
+            worker.id,
             worker.host,
-            str(worker.pid),
             worker.device,
+            gpu.name if gpu is not None else "-",
+            memory,
+            busy,
             "idle" if job is None else (jobs or {}).get(job, f"job {job}"),
-            when(worker.started_at),
             when(worker.heartbeat_at),
         )
     return table
+
+
+def worker_json(
+    worker: WorkerInfo, local_gpus: Sequence[GpuStatus] = (), jobs: Mapping[int, str] | None = None
+) -> dict[str, object]:
+    """An alive worker for ``smash info --json``: its row, its job's label and its GPU's latest figures."""
+    gpu = worker_gpu(worker, list(local_gpus), socket.gethostname())
+    return {
+        "id": worker.id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "device": worker.device,
+        "current_job_id": worker.current_job_id,
+        "job": None if worker.current_job_id is None else (jobs or {}).get(worker.current_job_id),
+        "heartbeat_at": worker.heartbeat_at.isoformat(),
+        "gpu": None
+        if gpu is None
+        else {
+            "index": worker.gpu_index,
+            "uuid": worker.gpu_uuid,
+            "name": gpu.name,
+            "memory_used_mib": gpu.memory_used_mib if gpu.memory_total_mib else None,
+            "memory_total_mib": gpu.memory_total_mib or None,
+            "utilization_pct": gpu.utilization_pct,
+        },
+    }
 
 
 # --- foreground progress -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import typer
@@ -11,7 +12,8 @@ from rich.table import Table
 
 from smash_tui import __version__
 from smash_tui.cli.common import DbOption, JsonOption, command, stdout
-from smash_tui.cli.render import workers_table
+from smash_tui.cli.render import worker_json, workers_table
+from smash_tui.gpus import gpu_status
 from smash_tui.runner.launch import ALIVE_WITHIN_S
 from storage.db import FILES_ENV, data_dir, open_database, redact_url, resolve_url
 from storage.errors import StorageError
@@ -44,19 +46,14 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
             with database.session() as session:
                 jobs = job_labels(session, (worker.current_job_id for worker in workers))
             report["workers_alive"] = len(workers)
-            report["workers"] = [
-                {
-                    "id": worker.id,
-                    "host": worker.host,
-                    "pid": worker.pid,
-                    "device": worker.device,
-                    "job_id": worker.current_job_id,
-                    "job": None if worker.current_job_id is None else jobs.get(worker.current_job_id),
-                }
-                for worker in workers
-            ]
     except StorageError as exc:
         report["database_error"] = str(exc)
+    # Workers send their GPU's figures with their heartbeat; this host's GPUs are read
+    # only for a CUDA worker of this host that sent none (one started before they did).
+    host = socket.gethostname()
+    silent_here = any(w.device.startswith("cuda") and w.host == host and not w.gpu_reported for w in workers)
+    local_gpus = gpu_status() if silent_here else []
+    report["workers"] = [worker_json(worker, local_gpus, jobs) for worker in workers]
     if json_:
         typer.echo(json.dumps(report))
     else:
@@ -82,7 +79,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         out = stdout()
         out.print(table)
         if workers:
-            out.print(workers_table(workers, jobs))
+            out.print(workers_table(workers, local_gpus, jobs))
     if "database_error" in report:
         raise StorageError(report["database_error"])
 

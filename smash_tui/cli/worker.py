@@ -18,6 +18,7 @@ from smash_tui.cli.common import (
     command,
     fail,
     open_db,
+    print_error,
 )
 from smash_tui.cli.render import plural
 from smash_tui.runner.config import WorkerConfig
@@ -92,6 +93,8 @@ def worker(
         restore()
     if interactive:
         console.print(f"[dim]worker log: {runner.log_path}[/dim]")
+    if runner.device_failure is not None:
+        print_error(runner.device_failure)
     if once and runner.jobs_run == 0 and code == 0:
         typer.echo(_nothing_to_do(database), err=True)
     raise typer.Exit(code)

@@ -150,10 +150,16 @@ def search(
 
     def finalize(session: Session) -> None:
         best = "" if math.isinf(board.best_error) else f"; best error {board.best_error:.2f}%"
+        # Cells the benchmark table lacks are stored without a truth: say how many.
+        missing = (
+            ""
+            if spec.truth is None
+            else f"; {records.count_without_truth(session, job.id)} not in the benchmark table"
+        )
         records.add_event(
             session,
             f"search done: {scored - mine_before} architectures scored by this run "
-            f"({len(known)} known before){best}",
+            f"({len(known)} known before{missing}){best}",
             job_id=job.id,
         )
 

@@ -37,11 +37,19 @@ from sqlalchemy import select
 
 from engine.arch import InvalidArchitecture
 from engine.checkpoint import CheckpointError
-from engine.device import resolve_device, set_threads
+from engine.device import cuda_identity, resolve_device, set_threads, sticky_device_error
 from engine.distributed import SINGLE, World
-from engine.errors import ChunkError, ConfigError, DatasetError, RetrainError, first_line
+from engine.errors import (
+    ChunkError,
+    ConfigError,
+    DatasetError,
+    DeviceMemoryError,
+    RetrainError,
+    first_line,
+)
 from engine.space import InvalidSearchSpace
 from engine.train import TrainingDiverged
+from smash_tui import gpus
 from smash_tui.runner.config import WorkerConfig
 from smash_tui.runner.handlers import HANDLERS, Finalizer
 from smash_tui.runner.reporter import JobContext
@@ -65,7 +73,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     RetrainError,
     StorageError,
     ChunkError,
+    DeviceMemoryError,
 )
+# `Worker.run`'s exit status when its device failed for good (a sticky CUDA error): its
+# job went back to the queue for a fresh worker.
+EXIT_DEVICE_FAILED = 1  # the command line's "failure"
 
 
 class WorkerObserver(Protocol):
@@ -118,8 +130,10 @@ class Worker:
         # The running job, and a chunk of it that its search runs here (`run_nested`).
         self._contexts: list[JobContext] = []
         self._device: torch.device | None = None
+        self._gpu: workers.GpuIdentity | None = None  # its GPU, when it computes on one
         self._lock: workers.WorkerLock | None = None
         self.jobs_run = 0  # jobs claimed by this worker (``smash worker --once`` reports none)
+        self.device_failure: str | None = None  # why the device became unusable, if it did
 
     # --- control ---
 
@@ -172,7 +186,8 @@ class Worker:
         """Register, claim and run jobs until stopped (or, with ``once``, until none is left).
 
         Returns:
-            0, or 130 when Ctrl-C stopped it.
+            0; 130 when Ctrl-C stopped it; ``EXIT_DEVICE_FAILED`` when a sticky CUDA error
+            made its device unusable (its job was requeued: see ``device_failure``).
 
         Raises:
             ConfigError: The device does not exist here.
@@ -184,7 +199,8 @@ class Worker:
         label = str(self._device)
         if self.world.size > 1:
             label += f" (ddp, {self.world.size} processes)"
-        self.worker_id = workers.register_worker(self.db, device=label)
+        self._gpu = self._identify_gpu(self._device)
+        self.worker_id = workers.register_worker(self.db, device=label, gpu=self._gpu)
         # Held until the process ends: other processes on this host then know at once.
         self._lock = workers.hold_worker_lock(self.db, self.worker_id)
         handler = self._open_log()
@@ -228,6 +244,8 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
             logging.getLogger("smash").removeHandler(handler)
             handler.close()
+        if self.device_failure is not None:
+            return EXIT_DEVICE_FAILED
         return 130 if self.interrupted else 0
 
     def _take_from_lost_workers(self) -> None:
@@ -287,6 +305,28 @@ class Worker:
 
     # --- heartbeats ---
 
+    @staticmethod
+    def _identify_gpu(device: torch.device) -> workers.GpuIdentity | None:
+        """The physical GPU this worker computes on (None for a CPU worker), to register."""
+        if device.type != "cuda":
+            return None
+        uuid, name = cuda_identity(device)
+        try:
+            return gpus.identify(str(device), uuid=uuid, name=name)
+        except Exception:  # noqa: BLE001 - a driver query must not keep a worker from starting
+            log.warning("could not read this worker's GPU from the driver", exc_info=True)
+            return workers.GpuIdentity(uuid=uuid, name=name)
+
+    def _gpu_reading(self) -> workers.GpuReading | None:
+        """This worker's GPU's memory and load now (NVML, else nvidia-smi), for the heartbeat."""
+        if self._gpu is None:
+            return None
+        try:
+            return gpus.read_gpu(self._gpu)
+        except Exception:  # noqa: BLE001 - the heartbeat goes on without the figures
+            log.debug("could not read the GPU's figures", exc_info=True)
+            return None
+
     def _heartbeat_loop(self) -> None:
         assert self.worker_id is not None
         stale_every = max(1.0, min(30.0, self.config.stale_after_s / 2))
@@ -297,7 +337,7 @@ class Worker:
             if self._heartbeat_stop.is_set():
                 return
             try:
-                workers.worker_heartbeat(self.db, self.worker_id)
+                workers.worker_heartbeat(self.db, self.worker_id, gpu=self._gpu_reading())
                 for context in list(self._contexts):
                     fraction, text, eta = context.pending_progress()
                     control = queue.heartbeat(
@@ -360,7 +400,10 @@ class Worker:
             else:
                 self._finish(context, finalize)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job
-            self._failed(context, exc)
+            if sticky_device_error(exc):
+                self._device_failed(context, exc)
+            else:
+                self._failed(context, exc)
         except BaseException:
             # A second Ctrl-C: give the job back rather than leave it running until stale.
             self._give_back(context)
@@ -447,6 +490,42 @@ class Worker:
         except Exception as error:  # noqa: BLE001 - a worker must outlive a job it cannot record
             log.warning("job %d: could not record its failure: %s", context.job_id, error)
         self._tell(context, "job_ended", context.job_id, "failed", message)
+
+    def _device_failed(self, context: JobContext, exc: Exception) -> None:
+        """A sticky CUDA error: the job goes back to the queue, not failed, and this worker ends.
+
+        After such an error every CUDA call of this process fails, so every later job
+        here would fail the same way. The job is not to blame: it is requeued without
+        counting as a lost worker, and a fresh worker process (a new CUDA context) takes it.
+        """
+        assert self.worker_id is not None
+        reason = first_line(exc, 300)
+        self.device_failure = (
+            f"device {self._device} failed with a CUDA error after which this process cannot use it "
+            f"({reason}); job {context.job_id} went back to the queue and worker {self.worker_id} exits"
+        )
+        log.error("job %d (%s): %s", context.job_id, context.kind, self.device_failure, exc_info=exc)
+        try:
+            context.flush_metrics()
+        except Exception:  # noqa: BLE001 - the database matters, not the last points
+            log.warning("job %d: could not write its last metrics", context.job_id, exc_info=True)
+        state = "queued"
+        try:
+            with self.db.session() as session:
+                state = queue.requeue(session, context.job_id, worker_id=self.worker_id).state
+                records.add_event(
+                    session,
+                    f"job {context.job_id} {'requeued' if state == 'queued' else state}, not failed: "
+                    f"worker {self.worker_id}'s device failed ({reason}); the worker exits and "
+                    "a fresh one takes the job",
+                    level="warning",
+                    job_id=context.job_id,
+                )
+                session.commit()
+        except Exception:  # noqa: BLE001 - the stale timeout requeues it otherwise
+            log.warning("job %d: could not requeue it", context.job_id, exc_info=True)
+        self._tell(context, "job_ended", context.job_id, state, self.device_failure)
+        self.stop()
 
     def _give_back(self, context: JobContext) -> None:
         assert self.worker_id is not None

@@ -1,4 +1,4 @@
-"""Proxy vs truth (SMASH error against retrained accuracy) and the Pareto front views."""
+"""Proxy vs truth (SMASH error against a benchmark's or a retrain's accuracy) and the Pareto front views."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from smash_tui.tui.architectures import row_cells
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.format import fixed, human
 from smash_tui.tui.messages import ActionFailed, MarkerPolled, ParetoLoaded, ProxyLoaded
-from smash_tui.tui.stats import ranks
 from smash_tui.tui.tables import RowTable, sync_rows
 from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import ParetoData, ProxyData
     from storage.summaries import ChangeMarker
+
+# What each truth is called (the view must not import smash_tui.tui.data: it loads SQLAlchemy).
+TRUTH_NAMES = {"benchmark": "benchmark accuracy", "retrained": "retrained test accuracy"}
 
 
 def error_cell(err: float | None, partial: bool) -> Text:
@@ -36,23 +38,50 @@ def append_partial_note(text: Text, partial: int, separator: str) -> None:
 
 
 def correlation_text(data: ProxyData) -> Text:
-    """ "Kendall τ -0.80 · Spearman ρ -0.90 · 5 pairs" with a reading of the sign."""
+    """ "Kendall τ -0.80 · Spearman ρ -0.90 · 5 pairs" with a reading of the sign (one line at 120 columns)."""
     corr = data.correlation
     text = Text()
     text.append("Kendall τ ", style="bold")
     text.append(fixed(corr.kendall_tau), style="bold cyan")
-    text.append("  ·  Spearman ρ ", style="bold")
+    text.append(" · Spearman ρ ", style="bold")
     text.append(fixed(corr.spearman_rho), style="bold cyan")
-    text.append(f"  ·  {corr.pairs} pair{'s' if corr.pairs != 1 else ''}")
+    text.append(f" · {corr.pairs:,} pair{'s' if corr.pairs != 1 else ''}")
     if corr.tau_chance_sd is not None:
         # How far tau strays from 0 by chance alone over this many pairs.
-        text.append(f"  ·  chance alone ±{corr.tau_chance_sd:.2f}")
-    append_partial_note(text, sum(1 for pair in data.pairs if pair.partial), "  ·  ")
+        text.append(f" · chance alone ±{corr.tau_chance_sd:.2f}")
+    append_partial_note(text, data.partial, " · ")
     if corr.pairs < 2:
-        text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
+        if data.truth == "benchmark":
+            text.append("  (wait for at least two scored cells the table lists)", style="dim")
+        else:
+            text.append("  (retrain at least two architectures to compare the rankings)", style="dim")
     elif corr.kendall_tau is not None:
-        text.append("  (negative: lower SMASH error ↔ higher accuracy, as hoped)", style="dim")
+        text.append("  (negative: ranks agree)", style="dim")
     return text
+
+
+def truth_text(data: ProxyData) -> Text:
+    """Which truth the view shows, and how much of it the chart and the table show."""
+    text = Text()
+    text.append("truth: ", style="bold")
+    if data.truth == "benchmark":
+        text.append(data.table or "a benchmark table", style="bold magenta")
+        text.append(" (benchmark, not trained here)")
+        missing = data.scored - data.points
+        if missing > 0:
+            text.append(f" · {missing:,} scored not in the table", style="dim")
+    else:
+        text.append("retrained test accuracy", style="bold magenta")
+        text.append(" (trained here; the best finished retrain of each)")
+    if len(data.drawn) < data.points:
+        text.append(f" · drawn: {len(data.drawn):,} of {data.points:,}, τ and ρ over all", style="yellow")
+    if len(data.head) < data.points:
+        text.append(f" · table: the {len(data.head)} lowest errors", style="dim")
+    return text
+
+
+RETRAINED_EMPTY = "no retrained architectures yet: mark some in Architectures (space) and press r"
+BENCHMARK_EMPTY = "no scored cell with a benchmark accuracy yet: the search fills this as it scores"
 
 
 def staircase(data: ParetoData, cost_of: Any) -> tuple[list[float], list[float]]:
@@ -112,25 +141,40 @@ class _Polled(SmashScreen):
 
 
 class ProxyScreen(_Polled):
-    """SMASH error against retrained test accuracy, with Kendall tau and Spearman rho."""
+    """SMASH error against a truth (a benchmark's accuracy or a retrain's), with tau and rho.
+
+    The two truths are never mixed: the view shows one, says which, and ``b``
+    switches to the other when the experiment has both.
+    """
 
     MODE = "proxy"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "b",
+            "toggle_truth",
+            "Bench/retrained",
+            tooltip="compare with the benchmark's accuracy or the retrained one (when both exist)",
+        ),
+    ]
     DEFAULT_CSS = """
     ProxyScreen #proxy-stats { height: 1; padding: 0 1; background: $boost; }
+    ProxyScreen #proxy-truth { height: 1; padding: 0 1; background: $boost; }
     ProxyScreen #proxy-main { height: 1fr; }
     ProxyScreen #proxy-chart { width: 1fr; }
-    ProxyScreen #proxy-table { width: 38; height: 1fr; }
+    ProxyScreen #proxy-table { width: 41; height: 1fr; }
     ProxyScreen.-narrow #proxy-table { display: none; }
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.truth: str | None = None  # the truth asked for with b; None: the experiment's first
+        self.data: ProxyData | None = None
+
     def compose_body(self) -> ComposeResult:
         yield StatusLine(id="proxy-stats")
+        yield StatusLine(id="proxy-truth")
         with Horizontal(id="proxy-main"):
-            yield Chart(
-                "SMASH error vs test accuracy",
-                "no retrained architectures yet: mark some in Architectures (space) and press r",
-                id="proxy-chart",
-            )
+            yield Chart("SMASH error vs test accuracy", RETRAINED_EMPTY, id="proxy-chart")
             yield RowTable(id="proxy-table")
 
     def on_mount(self) -> None:
@@ -139,66 +183,95 @@ class ProxyScreen(_Polled):
         for key, label, width in (
             ("id", "id", 7),
             ("err", "err %", 6),
-            ("acc", "acc %", 6),
-            ("rank", "ranks", 9),
+            ("acc", "acc %", 7),
+            ("rank", "ranks", 11),
         ):
             table.add_column(label, key=key, width=width)
 
     def read(self, store: Any, experiment_id: int) -> None:
-        self._read(store, experiment_id)
+        self._read(store, experiment_id, self.truth)
 
     @work(thread=True, exclusive=True, group="proxy", exit_on_error=False)
-    def _read(self, store: Any, experiment_id: int) -> None:
+    def _read(self, store: Any, experiment_id: int, truth: str | None) -> None:
         try:
-            self.post_message(ProxyLoaded(experiment_id, store.proxy(experiment_id)))
+            self.post_message(ProxyLoaded(experiment_id, store.proxy(experiment_id, truth)))
         except Exception as exc:
-            self.post_message(ActionFailed(f"cannot read retrain results: {exc}"))
+            self.post_message(ActionFailed(f"cannot read the proxy's truths: {exc}"))
 
     def show_nothing(self) -> None:
         self.query_one("#proxy-stats", StatusLine).text = Text(
             "no experiment yet: press n to start a search", style="dim"
         )
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # b only where there is another truth to switch to (hidden from the footer otherwise).
+        if action == "toggle_truth":
+            return self.data is not None and len(self.data.truths) > 1
+        return True
+
+    def action_toggle_truth(self) -> None:
+        """Compare with the other truth: the benchmark's accuracy or the retrained one."""
+        data = self.data
+        if data is None or len(data.truths) < 2:
+            self.notify("this experiment has only one truth to compare with", severity="warning")
+            return
+        self.truth = next(truth for truth in data.truths if truth != data.truth)
+        self.reload()
+
     @on(ProxyLoaded)
     def _show(self, message: ProxyLoaded) -> None:
+        data = message.data
         if message.experiment_id != self.smash.experiment_id:
             return
-        data = message.data
+        if self.truth is not None and data.truth != self.truth and self.truth in data.truths:
+            return  # read before b switched the truth
+        self.data = data
+        self.refresh_bindings()
         self.query_one("#proxy-stats", StatusLine).text = correlation_text(data)
-        pairs = data.pairs
-        self.query_one("#proxy-chart", Chart).draw(
-            [
+        self.query_one("#proxy-truth", StatusLine).text = truth_text(data)
+        name = TRUTH_NAMES[data.truth]
+        chart = self.query_one("#proxy-chart", Chart)
+        chart.empty = BENCHMARK_EMPTY if data.truth == "benchmark" else RETRAINED_EMPTY
+        complete = [point for point in data.drawn if not point.partial]
+        partial = [point for point in data.drawn if point.partial]
+        series = [
+            Series(
+                "complete" if partial else "",
+                [point.err for point in complete],
+                [point.acc for point in complete],
+                "cyan",
+                scatter=True,
+                marker="dot",
+            )
+        ]
+        if partial:
+            series.append(
                 Series(
-                    "",
-                    [pair.err for pair in pairs],
-                    [pair.acc for pair in pairs],
-                    "cyan",
+                    "partial",
+                    [point.err for point in partial],
+                    [point.acc for point in partial],
+                    "gray",
                     scatter=True,
                     marker="dot",
                 )
-            ],
-            xlabel="SMASH error %",
-            title="test accuracy % (y) against SMASH error % (x)",
-        )
-        err_ranks = ranks([pair.err for pair in pairs])
-        # Accuracy ranked best first, so agreeing ranks read the same.
-        acc_ranks = ranks([-pair.acc for pair in pairs])
-        ordered = sorted(
-            zip(pairs, err_ranks, acc_ranks), key=lambda item: (item[0].err, item[0].id)
-        )
+            )
+        chart.draw(series, xlabel="SMASH error %", title=f"{name} % (y) against SMASH error % (x)")
+        table = self.query_one("#proxy-table", DataTable)
+        column = next(key for key in table.columns if key.value == "acc")
+        table.columns[column].label = Text("bench %" if data.truth == "benchmark" else "acc %")
         sync_rows(
-            self.query_one("#proxy-table", DataTable),
+            table,
             [
                 (
-                    str(pair.id),
+                    str(point.id),
                     [
-                        str(pair.id),
-                        error_cell(pair.err, pair.partial),
-                        fixed(pair.acc),
-                        f"{er:g} / {ar:g}",
+                        str(point.id),
+                        error_cell(point.err, point.partial),
+                        fixed(point.acc),
+                        f"{point.err_rank:g} / {point.acc_rank:g}",
                     ],
                 )
-                for pair, er, ar in ordered
+                for point in data.head
             ],
         )
 

@@ -126,6 +126,10 @@ def detail_renderable(detail: ArchitectureDetail) -> Group:
         head.append("\n")
     else:
         head.append("not retrained yet (r queues a retrain)\n", style="dim")
+    if row.bench is not None:  # as `smash show` says it: a truth beside the retrain, never mixed
+        head.append("benchmark ")
+        head.append(f"{fixed(row.bench)} %", style="bold magenta")
+        head.append(" (the experiment's table; not trained here)\n", style="dim")
     parts: list[Any] = [head, Text("Diagram", style="bold underline"), spec_diagram(detail.spec)]
     if detail.scores:
         scores = Table(title="Scores", title_justify="left", box=None, pad_edge=False)

@@ -12,6 +12,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, RichLog, Static
 
+from smash_tui.gpus import GpuStatus, gpu_text, worker_gpu
+from smash_tui.gpus import gpu_of as gpu_of  # where the app's tests found it
 from smash_tui.tui.base import SmashScreen
 from smash_tui.tui.format import clock, duration, human, progress_bar, state_text
 from smash_tui.tui.messages import ActionFailed, DashboardLoaded
@@ -21,7 +23,6 @@ from smash_tui.tui.widgets import Chart, Series, StatusLine
 
 if TYPE_CHECKING:
     from smash_tui.tui.data import Curves, DashboardData, JobView, Store
-    from smash_tui.tui.processes import GpuStatus
 
 LEVEL_STYLES = {"info": "", "warning": "yellow", "error": "bold red"}
 # Plot colours, one per series, in order.
@@ -62,33 +63,28 @@ def job_cells(job: JobView, *, with_experiment: bool = False) -> list[str | Text
     return cells
 
 
-def gpu_of(device: str, gpus: list[GpuStatus]) -> GpuStatus | None:
-    """The GPU behind a worker's device string ("cuda" is the first one, "cuda:N" the Nth)."""
-    if not device.startswith("cuda") or not gpus:
-        return None
-    _, _, number = device.partition(":")
-    index = int(number) if number.isdigit() else 0
-    return next((gpu for gpu in gpus if gpu.index == index), None)
-
-
 # Workers listed one a line under the status line; more are counted.
 WORKER_LINES = 8
 
 
-def worker_lines(data: DashboardData) -> Text:
-    """The alive workers, one a line: host, pid, device, and the job each runs."""
+def worker_lines(data: DashboardData, gpus: list[GpuStatus]) -> Text:
+    """The alive workers on any host, one a line: where, its device and GPU, the job it runs."""
+    host = socket.gethostname()
     text = Text()
     shown = sorted(data.workers, key=lambda w: (w.host, w.device, w.pid))
     for number, worker in enumerate(shown[:WORKER_LINES]):
-        job = worker.current_job_id
-        label = "idle" if job is None else data.worker_jobs.get(job, f"job {job}")
         if number:
             text.append("\n")
-        text.append(f"{worker.host} ", style="bold")
-        text.append(f"pid {worker.pid} · {worker.device} · ")
-        text.append(label, style="dim" if job is None else "")
+        text.append(f"{worker.host}:{worker.pid}", style="bold")
+        text.append(f" {worker.device}")
+        gpu = worker_gpu(worker, gpus, host)
+        if gpu is not None:
+            text.append(f" {gpu_text(gpu)}")
+        job = worker.current_job_id
+        label = "idle" if job is None else data.worker_jobs.get(job, f"job {job}")
+        text.append(f" · {label}", style="dim" if job is None else "")
     if len(shown) > WORKER_LINES:
-        text.append(f"\n… and {len(shown) - WORKER_LINES} more (smash info lists them all)", style="dim")
+        text.append(f"\n+{len(shown) - WORKER_LINES} more workers (smash info lists them)", style="dim")
     return text
 
 
@@ -181,8 +177,12 @@ class DashboardScreen(SmashScreen):
         except Exception as exc:  # shown in a notification; polling goes on
             self.post_message(ActionFailed(f"cannot read the dashboard: {exc}"))
             return
+        # Workers send their GPU's figures with their heartbeat; this host's GPUs are read
+        # here only for a CUDA worker of this host that sent none.
         host = socket.gethostname()
-        local_cuda = any(w.device.startswith("cuda") and w.host == host for w in data.workers)
+        local_cuda = any(
+            w.device.startswith("cuda") and w.host == host and not w.gpu_reported for w in data.workers
+        )
         self.post_message(DashboardLoaded(data, gpu_status() if local_cuda else []))
 
     @on(DashboardLoaded)
@@ -227,7 +227,7 @@ class DashboardScreen(SmashScreen):
         )
         self._draw_curves(data)
         self._show_stats(data, message.gpus)
-        self._show_workers(data)
+        self._show_workers(data, message.gpus)
         self._show_events(data)
 
     def _draw_curves(self, data: DashboardData) -> None:
@@ -248,12 +248,9 @@ class DashboardScreen(SmashScreen):
         device = (busy or list(data.workers) or [None])[0]
         if device is not None:
             text.append(f"device {device.device}")
-            gpu = gpu_of(device.device, gpus)
+            gpu = worker_gpu(device, gpus, socket.gethostname())
             if gpu is not None:
-                text.append(f" {gpu.name} · {gpu.memory_used_mib / 1024:.1f}")
-                text.append(f"/{gpu.memory_total_mib / 1024:.0f} GiB")
-                if gpu.utilization_pct is not None:
-                    text.append(f" · {gpu.utilization_pct:.0f} % busy")
+                text.append(f" {gpu_text(gpu)}")
             text.append(" · ")
         for name, (_, value) in sorted(latest.items()):
             lowered = name.lower()
@@ -269,9 +266,9 @@ class DashboardScreen(SmashScreen):
             text.append(" · r or n starts one for the queued jobs", style="dim")
         self.query_one("#dash-stats", StatusLine).text = text
 
-    def _show_workers(self, data: DashboardData) -> None:
-        """Every alive worker, one a line: host, pid, device and what it runs (hidden without any)."""
-        text = worker_lines(data)
+    def _show_workers(self, data: DashboardData, gpus: list[GpuStatus]) -> None:
+        """Every alive worker, one a line (hidden without any)."""
+        text = worker_lines(data, gpus)
         if text == self._workers_text:
             return  # an update lays the screen out again: only when the workers changed
         self._workers_text = text

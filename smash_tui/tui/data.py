@@ -8,15 +8,18 @@ app imports it lazily, after its first paint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
+from engine.truth import TruthConfig
 from smash_tui.runner.launch import ALIVE_WITHIN_S
 from smash_tui.submit import queue_retrain, queue_score
 from smash_tui.tui.forms import RetrainSettings, ScoreSettings
-from smash_tui.tui.stats import Correlation, correlation, pareto_front
+from smash_tui.tui.stats import Correlation, correlation, pareto_front, ranks
 from storage.control import request_cancel, request_pause, resume, retry
 from storage.db import Database, one_line_errors, open_database
 from storage.errors import StorageError
@@ -37,13 +40,15 @@ from storage.queries import (
 from storage.summaries import (
     ChangeMarker,
     ExperimentSummary,
-    ProxyPair,
+    TruthCounts,
     architecture_rows,
+    bench_pairs,
     change_marker,
     experiment_summaries,
     latest_metrics,
     proxy_pairs,
     scored_costs,
+    truth_counts,
 )
 from storage.workers import WorkerInfo, alive_workers
 
@@ -51,6 +56,14 @@ from storage.workers import WorkerInfo, alive_workers
 PARETO_BACKGROUND_POINTS: Final = 2000
 # Events shown on the dashboard.
 EVENT_LINES: Final = 200
+# The truths SMASH error is compared with: a benchmark table's accuracy (measured
+# elsewhere, for every scored cell it lists) and a retrain's test accuracy (measured here).
+BENCHMARK: Final = "benchmark"
+RETRAINED: Final = "retrained"
+# Points the proxy chart draws of a larger comparison: an even sample (tau and rho use all).
+PROXY_DRAWN_POINTS: Final = 1500
+# Rows of the proxy table: the lowest SMASH errors.
+PROXY_TABLE_ROWS: Final = 100
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,93 @@ class DashboardData:
 
 
 @dataclass(frozen=True)
-class ProxyData:
-    """SMASH error against retrained accuracy, with the rank correlations."""
+class ProxyPoint:
+    """One architecture of the Proxy view: its SMASH error beside the shown truth's accuracy."""
 
-    pairs: tuple[ProxyPair, ...]  # retrained and scored architectures, by id
-    correlation: Correlation  # of SMASH error with test accuracy
+    id: int  # architecture id
+    err: float  # SMASH error of its newest score, percent
+    acc: float  # the shown truth's accuracy (ProxyData.truth says which; never a mix), percent
+    partial: bool  # the error is racing's, measured on part of the validation images
+    err_rank: float  # rank of its error among all points (1: the lowest)
+    acc_rank: float  # rank of its accuracy among all points (1: the highest)
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """SMASH error against one truth (a benchmark's accuracy or a retrain's), with the rank correlations."""
+
+    truth: str  # BENCHMARK or RETRAINED: what every point's ``acc`` is
+    truths: tuple[str, ...]  # the truths this experiment has (BENCHMARK first); empty: none yet
+    table: str | None  # the benchmark table and column, as the engine names it; None without one
+    scored: int  # scored architectures of the experiment
+    correlation: Correlation  # of SMASH error with the truth, over every point
+    partial: int  # points whose error is partial
+    drawn: tuple[ProxyPoint, ...]  # what the chart draws: every point, or an even sample of them
+    head: tuple[ProxyPoint, ...]  # the table's rows: the lowest errors, by (error, id)
+
+    @property
+    def points(self) -> int:
+        """How many architectures are compared (and counted in tau and rho)."""
+        return self.correlation.pairs
+
+
+def table_label(table: dict[str, Any] | None) -> str | None:
+    """An experiment config's benchmark table as the engine names it ("t.csv: CIFAR10...")."""
+    if table is None:
+        return None
+    path, column = str(table.get("path", "?")), str(table.get("column", "?"))
+    try:
+        return TruthConfig(path, column).label
+    except KeyError:  # a column this smash does not know: name it as stored
+        return f"{Path(path).name}: {column}"
+
+
+def available_truths(counts: TruthCounts) -> tuple[str, ...]:
+    """The truths an experiment's errors can be compared with, the benchmark's first.
+
+    An experiment with a benchmark table has that truth from the start (its cells
+    get their accuracies as they are scored); retrains are a truth once one finished.
+    """
+    found = []
+    if counts.benchmark or counts.table is not None:
+        found.append(BENCHMARK)
+    if counts.retrained:
+        found.append(RETRAINED)
+    return tuple(found)
+
+
+def proxy_data(
+    counts: TruthCounts, truth: str, pairs: Sequence[tuple[int, float, float, bool]]
+) -> ProxyData:
+    """Rank the pairs of one truth, correlate them and pick what the view shows.
+
+    Args:
+        counts: The experiment's truths.
+        truth: BENCHMARK or RETRAINED, what the pairs' accuracies are.
+        pairs: (id, SMASH error, accuracy, partial) of every architecture compared.
+    """
+    errors = [err for _, err, _, _ in pairs]
+    accuracies = [acc for _, _, acc, _ in pairs]
+    # Accuracy ranked best first, so agreeing ranks read the same.
+    points = [
+        ProxyPoint(ident, err, acc, partial, err_rank, acc_rank)
+        for (ident, err, acc, partial), err_rank, acc_rank in zip(
+            pairs, ranks(errors), ranks([-acc for acc in accuracies])
+        )
+    ]
+    by_id = sorted(points, key=lambda point: point.id)
+    # Every stride-th by id: a point once drawn stays drawn while new (higher) ids arrive.
+    stride = max(1, math.ceil(len(by_id) / PROXY_DRAWN_POINTS))
+    return ProxyData(
+        truth=truth,
+        truths=available_truths(counts),
+        table=table_label(counts.table),
+        scored=counts.scored,
+        correlation=correlation(errors, accuracies),
+        partial=sum(1 for point in points if point.partial),
+        drawn=tuple(by_id[::stride]),
+        head=tuple(sorted(points, key=lambda point: (point.err, point.id))[:PROXY_TABLE_ROWS]),
+    )
 
 
 @dataclass(frozen=True)
@@ -286,14 +381,24 @@ class Store:
     def _worker_jobs(session: Any, workers: Sequence[WorkerInfo]) -> dict[int, str]:
         return job_labels(session, (worker.current_job_id for worker in workers))
 
-    def proxy(self, experiment_id: int) -> ProxyData:
-        """The retrained architectures' SMASH error and accuracy, with tau and rho."""
+    def proxy(self, experiment_id: int, truth: str | None = None) -> ProxyData:
+        """SMASH error against one truth of the experiment, with tau and rho over every pair.
+
+        Args:
+            experiment_id: The experiment.
+            truth: BENCHMARK or RETRAINED; None, or one the experiment lacks: its
+                benchmark table's when it has one, else retrains'.
+        """
         with self.db.session() as session:
-            pairs = proxy_pairs(session, experiment_id)
-        return ProxyData(
-            tuple(pairs),
-            correlation([pair.err for pair in pairs], [pair.acc for pair in pairs]),
-        )
+            counts = truth_counts(session, experiment_id)
+            truths = available_truths(counts)
+            if truth not in truths:
+                truth = truths[0] if truths else RETRAINED
+            if truth == BENCHMARK:
+                pairs = [(p.id, p.err, p.bench, p.partial) for p in bench_pairs(session, experiment_id)]
+            else:
+                pairs = [(p.id, p.err, p.acc, p.partial) for p in proxy_pairs(session, experiment_id)]
+        return proxy_data(counts, truth, pairs)
 
     def pareto(self, experiment_id: int, cost: str) -> ParetoData:
         """The error/cost front of an experiment and a sample of the points behind it."""

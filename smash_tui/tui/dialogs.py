@@ -10,15 +10,18 @@ from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from engine.config import STRATEGIES
+from engine.params import WEIGHT_MODES
 from engine.spaces import PRESETS
+from engine.truth import TRUTH_COLUMNS
 from smash_tui.tui.forms import (
     FormError,
     RetrainSettings,
@@ -48,6 +51,8 @@ DIALOG_CSS = """
 {name} .form Label {{ padding: 1 0 0 0; }}
 {name} .-compact .form {{ grid-rows: 1; grid-gutter: 1 0; }}
 {name} .-compact .form Label {{ padding: 0; }}
+{name} .-dense .form {{ grid-gutter: 0 0; }}
+{name} .-dense .dialog-title {{ padding: 0; }}
 {name} .form-error {{ color: $error; height: auto; min-height: 1; }}
 {name} .buttons {{ height: 3; align-horizontal: right; }}
 {name} .buttons Button {{ margin-left: 1; min-width: 10; }}
@@ -55,30 +60,43 @@ DIALOG_CSS = """
 """
 
 
-# Below this terminal height, form fields lose their borders so every field fits.
+# Below this terminal height (or below what a long form needs), form fields lose
+# their borders so every field fits.
 FULL_FORM_HEIGHT = 34
+# Rows around a form's fields: the title, the error line, the buttons and the frame.
+FORM_FRAME_ROWS = 8
 
 
 class FormDialog(ModalScreen[object]):
     """A dialog with inputs, an inline error line and submit/cancel buttons."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    FIELD_ROWS: ClassVar[int] = 3  # the form's fields, for how tightly to lay them out
 
     @property
     def compact(self) -> bool:
-        """Borderless fields, for short terminals."""
-        return self.app.size.height < FULL_FORM_HEIGHT
+        """Borderless fields, for short terminals (3 rows a field do not fit)."""
+        return self.app.size.height < max(FULL_FORM_HEIGHT, 3 * self.FIELD_ROWS + FORM_FRAME_ROWS)
+
+    @property
+    def dense(self) -> bool:
+        """Borderless fields without a blank row between them (a long form on a short terminal)."""
+        return self.app.size.height < 2 * self.FIELD_ROWS - 1 + FORM_FRAME_ROWS
+
+    def _layout_classes(self) -> str:
+        return " ".join(name for name, on in (("-compact", self.compact), ("-dense", self.dense)) if on)
 
     def body(self) -> Vertical:
         """The dialog's frame (compact on short terminals)."""
-        return Vertical(classes="-compact" if self.compact else "")
+        return Vertical(classes=self._layout_classes())
 
     def on_resize(self) -> None:
         # A form opened on a tall terminal loses its field borders when the terminal
         # shrinks (and gets them back), so every field and button stays on screen.
-        compact = self.compact
+        compact, dense = self.compact, self.dense
         for body in self.query_children(Vertical):
             body.set_class(compact, "-compact")
+            body.set_class(dense, "-dense")
         for field in self.query("Input, Select"):
             if isinstance(field, (Input, Select)):
                 field.compact = compact
@@ -242,18 +260,26 @@ class ScoreDialog(SettingsDialog):
         self.architecture_ids = architecture_ids
 
 
+# How the form names the weights modes and a truth column left to the data set.
+WEIGHT_LABELS = {"hypernet": "hypernet (SMASH)", "shared": "shared (nb201 only)"}
+FROM_DATASET = "from the data set"
+
+
 class NewSearchDialog(FormDialog):
-    """Ask for a new search: data set, preset, HyperNet epochs, architectures, strategy.
+    """Ask for a new search: data set, preset, weights, HyperNet epochs, architectures,
+    strategy, a benchmark table and its column, name and seed.
 
     Args:
         defaults: The values shown at first.
     """
 
     DEFAULT_CSS = DIALOG_CSS.format(name="NewSearchDialog")
+    FIELD_ROWS = 10
 
     def __init__(self, defaults: SearchSettings) -> None:
         super().__init__()
         self.defaults = defaults
+        self._checking = False  # a submit is being checked: further ones wait for it
 
     def compose(self) -> ComposeResult:
         d = self.defaults
@@ -276,6 +302,14 @@ class NewSearchDialog(FormDialog):
                     allow_blank=False,
                     compact=compact,
                 )
+                yield Label("weights")
+                yield Select(
+                    [(WEIGHT_LABELS.get(mode, mode), mode) for mode in WEIGHT_MODES],
+                    value=d.weights,
+                    id="weights",
+                    allow_blank=False,
+                    compact=compact,
+                )
                 yield Label("HyperNet epochs")
                 yield Input(str(d.epochs), id="epochs", compact=compact)
                 yield Label("architectures")
@@ -288,6 +322,21 @@ class NewSearchDialog(FormDialog):
                     allow_blank=False,
                     compact=compact,
                 )
+                yield Label("truth table")
+                yield Input(
+                    d.truth or "",
+                    id="truth",
+                    placeholder="optional: a benchmark CSV (nb201)",
+                    compact=compact,
+                )
+                yield Label("truth column")
+                yield Select(
+                    [(FROM_DATASET, ""), *((name, name) for name in TRUTH_COLUMNS)],
+                    value=d.truth_column or "",
+                    id="truth-column",
+                    allow_blank=False,
+                    compact=compact,
+                )
                 yield Label("name")
                 yield Input(d.name or "", id="name", placeholder="optional", compact=compact)
                 yield Label("seed")
@@ -297,9 +346,22 @@ class NewSearchDialog(FormDialog):
                 yield Button("Start", variant="primary", id="ok")
                 yield Button("Cancel", id="cancel")
 
+    class Checked(Message):
+        """The engine's verdict on the form's values: settings, or the first problem."""
+
+        def __init__(self, result: SearchSettings | FormError) -> None:
+            super().__init__()
+            self.result = result
+
     def submit(self) -> None:
-        try:
-            settings = parse_search(
+        # Checked in a thread: a benchmark table is read in full (15,625 rows of
+        # NAS-Bench-201 take more than half a second).
+        if self._checking:
+            return
+        self._checking = True
+        self.query_one(".form-error", Static).update(Text("checking…", style="dim"))
+        self._check(
+            dict(
                 dataset=self.query_one("#dataset", Input).value,
                 preset=str(self.query_one("#preset", Select).value),
                 epochs=self.query_one("#epochs", Input).value,
@@ -307,11 +369,29 @@ class NewSearchDialog(FormDialog):
                 strategy=str(self.query_one("#strategy", Select).value),
                 name=self.query_one("#name", Input).value,
                 seed=self.query_one("#seed", Input).value,
+                weights=str(self.query_one("#weights", Select).value),
+                truth=self.query_one("#truth", Input).value,
+                truth_column=str(self.query_one("#truth-column", Select).value) or None,
             )
+        )
+
+    @work(thread=True, exclusive=True, group="check", exit_on_error=False)
+    def _check(self, values: dict[str, str | None]) -> None:
+        try:
+            result: SearchSettings | FormError = parse_search(**values)  # type: ignore[arg-type]
         except FormError as error:
-            self.show_error(error)
-            return
-        self.dismiss(settings)
+            result = error
+        except Exception as exc:  # noqa: BLE001 - the form must say why, never hang
+            result = FormError("", f"cannot check the settings: {type(exc).__name__}: {exc}")
+        self.post_message(self.Checked(result))
+
+    @on(Checked)
+    def _checked(self, message: Checked) -> None:
+        self._checking = False
+        if isinstance(message.result, FormError):
+            self.show_error(message.result)
+        else:
+            self.dismiss(message.result)
 
 
 class ExportDialog(FormDialog):

@@ -153,6 +153,9 @@ class SearchSettings:
     strategy: str  # one of engine.config.STRATEGIES
     name: str | None  # experiment name; None lets smash pick one
     seed: int  # seed of every random choice
+    weights: str  # one of engine.params.WEIGHT_MODES: SMASH's HyperNet, or plain weight sharing
+    truth: str | None  # a benchmark table (absolute path); None: none
+    truth_column: str | None  # its accuracy column (engine.truth.TRUTH_COLUMNS); None: from the data set
 
     def cli_args(self) -> list[str]:
         """The `smash search` options that create this experiment."""
@@ -169,9 +172,15 @@ class SearchSettings:
             self.strategy,
             "--seed",
             str(self.seed),
+            "--weights",
+            self.weights,
         ]
         if self.name:
             args += ["--name", self.name]
+        if self.truth is not None:
+            args += ["--truth", self.truth]
+        if self.truth_column is not None:
+            args += ["--truth-column", self.truth_column]
         return args
 
 
@@ -182,12 +191,28 @@ SEARCH_DEFAULTS = SearchSettings(
 
 
 def parse_search(
-    *, dataset: str, preset: str, epochs: str, archs: str, strategy: str, name: str, seed: str
+    *,
+    dataset: str,
+    preset: str,
+    epochs: str,
+    archs: str,
+    strategy: str,
+    name: str,
+    seed: str,
+    weights: str = SEARCH_DEFAULTS.weights,
+    truth: str = "",
+    truth_column: str | None = None,
 ) -> SearchSettings:
     """Validate the new-search form with the engine's rules (`engine.params.plan_search`).
 
     Paths must exist (``~`` is expanded); they are made absolute, since the worker that
-    loads them may run in another directory.
+    loads them may run in another directory. A benchmark table is read and checked
+    as `smash search --truth` checks it (a missing column, a cell string that does
+    not parse, an accuracy outside 0-100 are refused beside the field).
+
+    Args:
+        truth: The table's path; empty: none.
+        truth_column: A key of ``engine.truth.TRUTH_COLUMNS``; None: the data set's.
 
     Raises:
         FormError: Naming the first bad field.
@@ -200,11 +225,15 @@ def parse_search(
         strategy=strategy,
         name=name.strip() or None,
         seed=whole(seed, "seed", "seed", minimum=0),
+        weights=weights,
+        truth=truth.strip() or None,
+        truth_column=truth_column,
     )
     try:
         plan = plan_search(request)
     except ConfigError as error:
         fields = {key: key for key in ("dataset", "preset", "epochs", "archs", "strategy", "name", "seed")}
+        fields |= {"weights": "weights", "truth": "truth", "truth_column": "truth-column"}
         raise _form_error(error, fields) from None
     return SearchSettings(
         dataset=plan.data.dataset,
@@ -214,4 +243,9 @@ def parse_search(
         strategy=request.strategy,
         name=request.name,
         seed=request.seed,
+        weights=plan.weights,
+        # The table as the engine resolved it: absolute, and its column named even when
+        # the data set chose it, so the worker compares with exactly what was checked.
+        truth=None if plan.truth is None else plan.truth.path,
+        truth_column=None if plan.truth is None else plan.truth.column,
     )

@@ -1,13 +1,13 @@
 """Processes the app starts: background workers and `smash` commands that need torch.
 
 The app never imports torch; anything that does (training, exporting,
-creating an experiment from a preset) runs in a `smash` subprocess.
+creating an experiment from a preset) runs in a `smash` subprocess. This host's
+GPUs (`gpu_status`: NVML, else `nvidia-smi`) come from `smash_tui.gpus`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -15,8 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from smash_tui.gpus import GpuStatus, gpu_status, parse_nvidia_smi
+
 if TYPE_CHECKING:
     from storage.db import Database
+
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "CommandError",
+    "GpuStatus",
+    "Launched",
+    "gpu_status",
+    "launch_worker",
+    "parse_nvidia_smi",
+    "run_smash",
+    "smash_command",
+]
 
 # How long a `smash` command the app runs may take before it is given up on.
 COMMAND_TIMEOUT_S: Final = 600.0
@@ -88,64 +102,3 @@ def run_smash(args: Sequence[str], db_url: str, *, timeout_s: float = COMMAND_TI
         reason = lines[-1] if lines else f"exit status {result.returncode}"
         raise CommandError(reason.removeprefix("error: "))
     return result.stdout
-
-
-@dataclass(frozen=True)
-class GpuStatus:
-    """One GPU as ``nvidia-smi`` reports it."""
-
-    index: int  # nvidia-smi's index (CUDA_VISIBLE_DEVICES may renumber it for a worker)
-    name: str  # e.g. "NVIDIA H100 80GB HBM3"
-    memory_used_mib: float  # memory in use, MiB
-    memory_total_mib: float  # memory on the card, MiB
-    utilization_pct: float | None  # GPU utilisation over the last sample; None if not reported
-
-
-NVIDIA_SMI_QUERY: Final = (
-    "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
-    "--format=csv,noheader,nounits",
-)
-
-
-def parse_nvidia_smi(text: str) -> list[GpuStatus]:
-    """The GPUs in ``nvidia-smi --query-gpu=... --format=csv,noheader,nounits`` output.
-
-    Lines that cannot be read (a driver message, "[N/A]" memory) are skipped.
-    """
-    gpus = []
-    for line in text.strip().splitlines():
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != 5:
-            continue
-        index, name, used, total, utilization = fields
-        try:
-            gpus.append(
-                GpuStatus(
-                    int(index),
-                    name,
-                    float(used),
-                    float(total),
-                    float(utilization) if utilization.replace(".", "", 1).isdigit() else None,
-                )
-            )
-        except ValueError:
-            continue
-    return gpus
-
-
-def gpu_status(timeout_s: float = 2.0) -> list[GpuStatus]:
-    """This host's GPUs from ``nvidia-smi`` (no torch needed); empty without it or on error."""
-    executable = shutil.which("nvidia-smi")
-    if executable is None:
-        return []
-    try:
-        result = subprocess.run(
-            [executable, *NVIDIA_SMI_QUERY],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return parse_nvidia_smi(result.stdout) if result.returncode == 0 else []

@@ -53,9 +53,13 @@ class _HashScorer(Scorer):
             self.calls[arch.hash] = self.calls.get(arch.hash, 0) + 1
         wrong = self.wrong(arch)
         totals = self._zero_sums() if into is None else into
-        for first in range(start, stop, self.batch_size):  # batch by batch, as a Scorer adds them
-            batch = wrong[first : min(first + self.batch_size, stop)].sum()
-            totals[0] += torch.stack([batch, batch / 3.0])
+        # Batch by batch, never across a rung end, as a Scorer adds them (`Scorer._slices`):
+        # a survivor's sums then add up in full scoring's order.
+        cuts = [start, *(end for end in self.rung_ends() if start < end < stop), stop]
+        for begin, end in zip(cuts, cuts[1:]):
+            for first in range(begin, end, self.batch_size):
+                batch = wrong[first : min(first + self.batch_size, end)].sum()
+                totals[0] += torch.stack([batch, batch / 3.0])
         return totals
 
     def full(self, arch: Arch) -> Score:

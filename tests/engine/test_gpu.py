@@ -9,6 +9,7 @@ architecture) with `engine.device.host_sync_allowed`; everything else runs here 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from engine.data import Dataset, DeviceImages
 from engine.hypernet import HyperNetConfig
 from engine.network import build_model
 from engine.sampler import sample
-from engine.score import RaceConfig, ScoreConfig, Scorer
+from engine.score import RaceConfig, ScoreConfig, Scorer, z_generator
 from engine.space import PRESETS
 from engine.train import TrainConfig, build_smash, train_hypernet
 
@@ -68,6 +69,25 @@ def test_bf16_scores_track_fp32_scores(small_synthetic: Dataset) -> None:
     fp32 = Scorer(net, val, ScoreConfig(bf16="off", bn_recalibration_batches=0)).score(arch)
     bf16 = Scorer(net, val, ScoreConfig(bf16="on", bn_recalibration_batches=0)).score(arch)
     assert abs(fp32.loss - bf16.loss) < 0.05 * fp32.loss
+
+
+def test_z_on_the_gpu_is_the_cpu_z_so_gpu_and_cpu_scores_agree(small_synthetic: Dataset) -> None:
+    # z is drawn on the CPU from the same CPU generator on every device, then copied: the
+    # GPU scorer, the CPU scorer and the export ("as scored" weights) use one z.
+    torch.manual_seed(0)
+    cpu_net = build_smash(TINY, 10, 3, HyperNetConfig(), "cpu").eval()
+    gpu_net = copy.deepcopy(cpu_net).cuda()
+    arch = sample(TINY, np.random.default_rng(5))
+    with torch.no_grad():
+        on_gpu = gpu_net.encode(arch, generator=z_generator(0, arch, 0))[0, 0]
+        on_cpu = cpu_net.encode(arch, generator=z_generator(0, arch, 0))[0, 0]
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+    config = ScoreConfig(bf16="off", bn_recalibration_batches=0)
+    gpu = Scorer(gpu_net, DeviceImages(small_synthetic.val, "cuda", small_synthetic.mean, small_synthetic.std), config)
+    cpu = Scorer(cpu_net, DeviceImages(small_synthetic.val, "cpu", small_synthetic.mean, small_synthetic.std), config)
+    gpu_score, cpu_score = gpu.score(arch), cpu.score(arch)
+    assert abs(gpu_score.error - cpu_score.error) <= 1.0  # TF32 may flip a borderline image or two
+    assert abs(gpu_score.loss - cpu_score.loss) <= 1e-2 * cpu_score.loss
 
 
 def test_smash_and_derived_networks_agree_on_the_gpu() -> None:

@@ -118,14 +118,14 @@ def test_a_racer_drops_candidates_clearly_worse_than_earlier_survivors_after_the
     scorer.measured = 0
     raced = racer(archs[10:])
     assert raced[-1].method == "full" and raced[-1] == _full_scores(_KnownErrorScorer(rates, 5000), archs)[-1]
-    assert {(s.method, s.images) for s in raced[:-1]} == {("racing", 200)}  # one rung of 2 batches
-    assert scorer.measured == 16 * 200 + 5000
+    assert {(s.method, s.images) for s in raced[:-1]} == {("racing", 156)}  # one rung: 1/32 of the images
+    assert scorer.measured == 16 * 156 + 5000
     alone = _KnownErrorScorer(rates, 5000)
     assert sum(s.method == "full" for s in alone.race(archs[10:], RaceConfig(top_k=10))) >= 10
     assert scorer.measured < 0.2 * alone.measured
     assert sorted(leader.score.error for leader in racer.leaders)[0] == raced[-1].error
     # A lone candidate (a Markov step) races against the leaders too.
-    assert [(s.method, s.images) for s in racer(archs[-2:-1])] == [("racing", 200)]
+    assert [(s.method, s.images) for s in racer(archs[-2:-1])] == [("racing", 156)]
 
 
 def test_a_racer_keeps_the_top_ten_of_a_whole_search_for_less_than_per_batch_racing() -> None:
@@ -172,11 +172,13 @@ def test_a_race_generates_each_candidates_weights_once(
 def test_racing_survivors_score_exactly_as_full_scoring(net: SmashNet, small_synthetic: Dataset) -> None:
     archs = [sample(TINY, np.random.default_rng([7, i])) for i in range(8)]
     scorer = _scorer(net, small_synthetic)
-    # 40 images round up to one whole batch of 64: the same batches as full scoring.
+    # 40 images round up to the scorer's rung end 48 (ends 6, 12, 24, 48, 96, 192, 200 for
+    # 200 images), not to a whole batch of 64: full scoring cuts its batches there too.
+    assert scorer.rung_ends() == [6, 12, 24, 48, 96, 192, 200]
     raced = scorer.race(archs, RaceConfig(top_k=2, first_images=40, min_survivors=3, margin_z=0))
     survivors = [(a, r) for a, r in zip(archs, raced) if r.method == "full"]
     assert 3 <= len(survivors) < len(archs)
-    assert {r.images for r in raced if r.method == "racing"} <= {64, 128}
+    assert {r.images for r in raced if r.method == "racing"} <= {48, 96, 192}
     for arch, score in survivors:
         assert score == scorer.score(arch)
 

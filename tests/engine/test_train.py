@@ -96,3 +96,22 @@ def test_bad_train_config() -> None:
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="bf16"):
         TrainConfig(bf16="maybe")
+
+
+def test_a_stop_right_after_a_report_writes_no_empty_report(small_synthetic: Dataset, tmp_path) -> None:
+    # SIGTERM used to land here as a report of 0 steps: loss 0.0, accuracy 0.0, 0 images/s,
+    # a false point on the curve that stayed after resume.
+    progress: list[TrainProgress] = []
+    calls = {"n": 0}
+
+    def stop_after_the_second_step() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 2  # polled after step 2, which was just reported (report_every=2)
+
+    outcome = train_hypernet(
+        _net(), small_synthetic, CONFIG, checkpoint_path=tmp_path / "c.pt",
+        on_progress=progress.append, should_stop=stop_after_the_second_step,
+    )  # fmt: skip
+    assert not outcome.finished and outcome.step == 2
+    assert [p.step for p in progress] == [2]
+    assert all(p.loss > 0 and p.images_per_s > 0 for p in progress)

@@ -24,13 +24,16 @@ from storage.records import (
 )
 from storage.summaries import (
     ChangeMarker,
+    TruthCounts,
     architecture_rows,
+    bench_pairs,
     change_marker,
     experiment_summaries,
     latest_metrics,
     metric_names,
     proxy_pairs,
     scored_costs,
+    truth_counts,
 )
 
 
@@ -144,6 +147,68 @@ def test_proxy_pairs_need_score_and_retrain(db: Database, experiment_id: int) ->
         add_scores(session, [ScoreIn(ids[0], 15.0, 1.0, images=5, z_draws=1, method="racing")])
         session.commit()
         assert [(p.err, p.partial) for p in proxy_pairs(session, experiment_id)] == [(15.0, True)]
+
+
+def _add_cells(db: Database, experiment_id: int, benches: list[float | None]) -> list[int]:
+    """Add architectures with a benchmark accuracy each (None: the table lacks them)."""
+    rows = [
+        ArchitectureIn(f"c{experiment_id}-{index}", "{}", 100, 10, 3, 4, bench_acc=bench)
+        for index, bench in enumerate(benches)
+    ]
+    with db.session() as session:
+        ids = add_architectures(session, experiment_id, rows)
+        session.commit()
+    return [ids[row.hash] for row in rows]
+
+
+def test_bench_pairs_need_score_and_benchmark_accuracy(db: Database, experiment_id: int) -> None:
+    ids = _add_cells(db, experiment_id, [91.0, None, 70.5, 88.0])
+    _score(db, {ids[0]: 30.0, ids[1]: 20.0, ids[2]: 25.0})  # ids[3] is not scored yet
+    _retrain(db, experiment_id, ids[0], 80.0)
+    with db.session() as session:
+        pairs = bench_pairs(session, experiment_id)
+        retrained = proxy_pairs(session, experiment_id)
+    # In the engine's ranking order; the retrain's accuracy stays out of the benchmark's pairs.
+    assert [(p.id, p.err, p.bench, p.partial) for p in pairs] == [
+        (ids[2], 25.0, 70.5, False),
+        (ids[0], 30.0, 91.0, False),
+    ]
+    assert [(p.id, p.acc) for p in retrained] == [(ids[0], 80.0)]
+    # A race that dropped ids[2] early: its lucky partial error ranks after complete ones.
+    with db.session() as session:
+        add_scores(session, [ScoreIn(ids[2], 5.0, 1.0, images=5, z_draws=1, method="racing")])
+        session.commit()
+        assert [(p.id, p.err, p.partial) for p in bench_pairs(session, experiment_id)] == [
+            (ids[0], 30.0, False),
+            (ids[2], 5.0, True),
+        ]
+
+
+def test_truth_counts_say_which_truths_an_experiment_has(db: Database, experiment_id: int) -> None:
+    table = {"path": "/data/nats-tss-200ep.csv", "column": "cifar10"}
+    with db.session() as session:
+        cells = create_experiment(
+            session,
+            "cells",
+            dataset="cifar10",
+            preset="nb201-tiny",
+            search_space={"kind": "nb201"},
+            config={"truth": table, "weights": "hypernet"},
+            seed=0,
+        ).id
+        session.commit()
+        assert truth_counts(session, cells) == TruthCounts(0, 0, 0, table)
+        with pytest.raises(StorageError, match="experiment 999999 does not exist"):
+            truth_counts(session, 999_999)
+    ids = _add_cells(db, cells, [91.0, None, 70.5])
+    _score(db, {ids[0]: 30.0, ids[1]: 20.0})
+    _retrain(db, cells, ids[1], 60.0)
+    other = _add(db, experiment_id, [(100, 1)])
+    _score(db, {other[0]: 10.0})
+    with db.session() as session:
+        assert truth_counts(session, cells) == TruthCounts(2, 1, 1, table)
+        # An experiment without a table (its config has no "truth").
+        assert truth_counts(session, experiment_id) == TruthCounts(1, 0, 0, None)
 
 
 def test_scored_costs_sorted_by_cost_and_skip_unscored(db: Database, experiment_id: int) -> None:

@@ -237,3 +237,114 @@ def build_fixture(path: Path, *, architectures: int = 40, seed: int = 0) -> Fixt
         )
     finally:
         db.dispose()
+
+
+# The benchmark table an nb201 fixture experiment names (the file need not exist: the
+# app only shows its name).
+NB201_TABLE = {"path": "/data/nas-bench-201/nats-tss-200ep.csv", "column": "cifar10"}
+NB201_TABLE_LABEL = "nats-tss-200ep.csv: CIFAR10TestAccuracy200Epochs"
+
+
+@dataclass(frozen=True)
+class Nb201Fixture:
+    """What ``add_nb201_experiment`` made: an nb201 search compared with a benchmark table."""
+
+    experiment_id: int  # the experiment (the newest, so the app opens on it)
+    cell_ids: tuple[int, ...]  # its architectures, NAS-Bench-201 cells, in insert order
+    errors: dict[int, float]  # SMASH error of each scored cell
+    benches: dict[int, float]  # the table's accuracy of each cell it lists
+    retrained: dict[int, float]  # retrained test accuracy of the few retrained cells
+    partial_id: int  # a cell racing dropped early: its error is partial
+
+
+def nb201_figures(rng: random.Random) -> tuple[float, float]:
+    """A benchmark accuracy from a real-looking range and a SMASH error that follows it loosely."""
+    bench = round(rng.uniform(60.0, 94.0), 2)
+    return bench, round(min(95.0, max(5.0, 20.0 + 0.8 * (94.0 - bench) + rng.gauss(0.0, 8.0))), 2)
+
+
+def add_nb201_experiment(url: str, *, cells: int = 60, retrained: int = 4, seed: int = 3) -> Nb201Fixture:
+    """Add an nb201 experiment whose scored cells have benchmark accuracies (no torch).
+
+    Of ``cells`` distinct cells, the last three are not in the table, the last one is
+    not scored either, one is racing's partial score, and the first ``retrained`` have
+    a finished retrain.
+
+    Args:
+        url: A fixture database (see ``build_fixture``).
+        cells: How many cells (at least ``retrained`` + 5).
+        retrained: How many of them have a finished retrain.
+        seed: Seed of the figures.
+    """
+    from engine.nb201.cell import canonical_representatives
+    from engine.spaces import get_preset
+
+    rng = random.Random(seed)
+    chosen = canonical_representatives()[:: 6466 // cells][:cells]
+    db = open_database(url)
+    try:
+        with db.session() as session:
+            experiment = create_experiment(
+                session,
+                "nb201-run",
+                dataset="cifar10",
+                preset="nb201-tiny",
+                search_space=get_preset("nb201-tiny").to_dict(),
+                config={"weights": "hypernet", "truth": NB201_TABLE},
+                seed=0,
+            ).id
+            set_experiment_status(session, experiment, "running")
+            figures = [nb201_figures(rng) for _ in chosen]
+            rows = [
+                ArchitectureIn(
+                    hash=cell.hash,
+                    spec=cell.to_json(),
+                    params=int(rng.uniform(1e5, 1.5e6)),
+                    flops=int(rng.uniform(1e7, 2e8)),
+                    depth=cell.depth,
+                    num_ops=cell.num_ops,
+                    bench_acc=bench if index < cells - 3 else None,
+                )
+                for index, (cell, (bench, _)) in enumerate(zip(chosen, figures))
+            ]
+            ids = add_architectures(session, experiment, rows)
+            cell_ids = [ids[row.hash] for row in rows]
+            errors = {ident: err for ident, (_, err) in zip(cell_ids[:-1], figures)}
+            partial_id = cell_ids[retrained]
+            add_scores(
+                session,
+                [
+                    ScoreIn(
+                        ident,
+                        err,
+                        round(err / 30, 3),
+                        images=200 if ident == partial_id else 1000,
+                        z_draws=1,
+                        method="racing" if ident == partial_id else "full",
+                    )
+                    for ident, err in errors.items()
+                ],
+            )
+            accs = {}
+            for ident in cell_ids[:retrained]:
+                accs[ident] = round(rng.uniform(50.0, 80.0), 2)
+                job = enqueue(session, experiment, "retrain", {"architecture_id": ident}).id
+                started = start_retrain(session, ident, job, epochs=2)
+                finish_retrain(session, started.id, test_acc=accs[ident], best_val_acc=None, curve=[])
+                session.execute(update(Job).where(Job.id == job).values(state="done", progress=1.0))
+            session.commit()
+        _pin_times(db)
+        return Nb201Fixture(
+            experiment_id=experiment,
+            cell_ids=tuple(cell_ids),
+            errors=errors,
+            benches={
+                ident: row.bench_acc
+                for ident, row in zip(cell_ids, rows)
+                if row.bench_acc is not None
+            },
+            retrained=accs,
+            partial_id=partial_id,
+        )
+    finally:
+        db.dispose()

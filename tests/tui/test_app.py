@@ -502,8 +502,9 @@ async def test_new_search_runs_smash_search_detached(
         "--archs": "30",
         "--strategy": "random",
         "--seed": "0",
+        "--weights": SearchRequest.weights,
         "--name": "quick",
-    }
+    }  # no --truth: the form's table field was left empty
     # `smash search --detach` launches its own worker; the app does not start a second.
     assert launcher.calls == []
 

@@ -16,6 +16,7 @@ from textual.widgets import Input, Select
 
 from engine.config import RaceConfig, RetrainConfig, ScoreConfig, SearchConfig, TrainConfig
 from engine.params import DEMO_RETRAIN, DEMO_SEARCH, DEMO_TOP, SearchRequest, plan_search
+from engine.spaces import PRESETS
 from smash_tui.cli import app as cli_app
 from smash_tui.runner.config import WorkerConfig
 from smash_tui.tui.dialogs import NewSearchDialog, RetrainDialog
@@ -95,6 +96,14 @@ async def test_the_apps_dialogs_open_with_the_engines_defaults(
         assert form.query_one("#archs", Input).value == str(request.archs)
         assert form.query_one("#strategy", Select).value == request.strategy
         assert form.query_one("#seed", Input).value == str(request.seed)
+        assert form.query_one("#weights", Select).value == request.weights
+        assert (form.query_one("#truth", Input).value or None) == request.truth
+        assert (form.query_one("#truth-column", Select).value or None) == request.truth_column
+        # Every preset of every kind is offered, the nb201 ones included (a value the
+        # Select does not offer raises).
+        assert {"nb201", "nb201-small", "nb201-tiny"} <= set(PRESETS)
+        for name in PRESETS:
+            form.query_one("#preset", Select).value = name
         await pilot.press("escape")
         await settle(pilot)
 

@@ -56,6 +56,18 @@ def test_correlations_match_scipy_with_ties(seed: int) -> None:
         assert rho == pytest.approx(expected_rho)
 
 
+@pytest.mark.parametrize("distinct", [3, 50, None])
+def test_kendall_tau_over_a_whole_benchmark_search_matches_scipy(distinct: int | None) -> None:
+    # 6,466 pairs: every class of nb201 cells scored, ranked against its benchmark accuracy.
+    rng = random.Random(distinct)
+    truth = [rng.random() if distinct is None else float(rng.randrange(distinct)) for _ in range(6466)]
+    errors = [-value + rng.gauss(0, 0.5) for value in truth]
+    if distinct is not None:
+        errors = [round(value, 1) for value in errors]  # ties on both sides
+    expected = scipy_stats.kendalltau(errors, truth).statistic
+    assert kendall_tau(errors, truth) == pytest.approx(expected, abs=1e-12)
+
+
 def test_correlations_are_undefined_without_two_pairs_or_with_a_constant_side() -> None:
     assert correlation([], []).kendall_tau is None
     assert correlation([1.0], [2.0]).spearman_rho is None
@@ -161,11 +173,22 @@ def test_search_form_checks_data_sets_and_paths(tmp_path: Path) -> None:
         _search(seed="-2")
 
 
-def test_search_settings_become_smash_search_options() -> None:
+def test_search_settings_become_smash_search_options(tmp_path: Path) -> None:
     settings = _search(name=" run-a ", epochs="2")
     assert settings.cli_args() == [
         "--dataset", "synthetic", "--preset", "tiny", "--epochs", "2", "--archs", "100",
-        "--strategy", "random", "--seed", "0", "--name", "run-a",
+        "--strategy", "random", "--seed", "0", "--weights", "hypernet", "--name", "run-a",
+    ]  # fmt: skip
+    # A benchmark table is passed as the engine resolved it: absolute, with the column the
+    # data set chose named.
+    table = tmp_path / "t.csv"
+    table.write_text("CIFAR10TestAccuracy200Epochs,ArchitectureString\n"
+                     "90.5,|none~0|+|none~0|none~1|+|none~0|none~1|none~2|\n")  # fmt: skip
+    settings = _search(dataset="cifar10", preset="nb201-tiny", weights="shared", truth=f" {table} ")
+    resolved = str(table.resolve())
+    assert (settings.truth, settings.truth_column, settings.weights) == (resolved, "cifar10", "shared")
+    assert settings.cli_args()[-6:] == [
+        "--weights", "shared", "--truth", resolved, "--truth-column", "cifar10",
     ]  # fmt: skip
 
 
@@ -282,5 +305,8 @@ def test_nvidia_smi_output_is_parsed_and_gpus_matched_to_devices() -> None:
 
 
 def test_gpu_status_is_empty_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
+    from smash_tui import gpus
+
+    monkeypatch.setattr(gpus, "nvml_status", lambda: None)  # no NVML either
+    monkeypatch.setattr(gpus.shutil, "which", lambda name: None)
     assert processes.gpu_status() == []

@@ -7,7 +7,7 @@ chunks of later rounds, on any worker, race against it on the same images, and a
 restarted search finds its leaders again.
 
 Revision ID: 0006
-Revises: 0004 (re-chained after 0005 when both are merged)
+Revises: 0005
 Create Date: 2026-12-05
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
