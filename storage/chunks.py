@@ -4,7 +4,7 @@ A search job is a coordinator: it cuts its candidates into chunks, queues each a
 ``chunk`` job whose ``parent_id`` is the search, and waits for their scores while its
 own worker claims chunks too (``storage.queue.claim`` with the chunks' ids). Any other
 worker claims them like any job; a worker that dies gives its chunk back through the
-queue's usual ways (``requeue_stale``, ``requeue_gone_workers``). What the coordinator
+queue's usual ways (``storage.workers.requeue_stale``, ``requeue_gone_workers``). What the coordinator
 asks of its chunks is here: queue one, see them all, stop them with the search, queue
 again those an earlier attempt of the search left stopped. Every change of state is
 one conditional ``UPDATE``, as in ``storage.queue``; functions take the caller's

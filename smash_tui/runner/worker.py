@@ -250,13 +250,13 @@ class Worker:
 
     def _take_from_lost_workers(self) -> None:
         """Requeue the jobs of workers that are gone: at once for this host's, else once stale."""
-        for job_id in queue.requeue_gone_workers(self.db):
+        for job_id in workers.requeue_gone_workers(self.db):
             log.warning(
                 "took job %d from a worker of this host whose process is gone "
                 "(its events say whether it was requeued or failed)",
                 job_id,
             )
-        for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
+        for job_id in workers.requeue_stale(self.db, self.config.stale_after_s):
             log.warning(
                 "took job %d from a worker that stopped sending heartbeats "
                 "(its events say whether it was requeued or failed)",
