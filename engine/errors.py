@@ -53,6 +53,10 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class ChunkError(RuntimeError):
+    """A chunk of a fanned-out search could not be scored; the message says which and why."""
+
+
 class DeviceMemoryError(RuntimeError):
     """The device ran out of memory where no smaller batch can help; one line for the user."""
 
@@ -71,6 +75,7 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
 
 __all__ = [
     "CheckpointError",
+    "ChunkError",
     "ConfigError",
     "DatasetError",
     "DeviceError",

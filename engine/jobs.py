@@ -12,9 +12,8 @@ architectures' costs, derived networks and the SMASH module all come from it.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,22 +24,24 @@ from engine.checkpoint import CheckpointError, save_weights
 from engine.config import DataConfig, ScoreConfig
 from engine.data import Dataset, device_images, load_dataset
 from engine.device import autocast_context
+from engine.distributed import SINGLE, World
 from engine.errors import ConfigError, DatasetError
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
+from engine.fanout import ChunkBoard, ChunkStopped, FannedOut, Landed, as_leader
 from engine.kinds import Arch, DerivedModule, kind_of
 from engine.params import (
+    ChunkParams,
     ExperimentSpec,
     RetrainParams,
     ScoreParams,
     SearchParams,
     TrainParams,
-    best_full_error,
     check_batch,
     score_method,
 )
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
-from engine.score import Racer, Score, Scorer, bn_recalibrated, recalibration_batches, z_generator
-from engine.search import Result, ScoreBatch, run_search
+from engine.score import Score, Scorer, bn_recalibrated, recalibration_batches, z_generator
+from engine.search import run_search
 from engine.train import build_smash, load_smash, train_hypernet
 from engine.truth import TruthTable, load_truth
 
@@ -68,6 +69,7 @@ class ScoredArchitecture:
     z_draws: int  # z draws averaged
     method: str  # how it was measured (see score_method)
     bench_acc: float | None = None  # the benchmark table's accuracy of it, when the experiment has one
+    rungs: tuple[tuple[int, float, float], ...] | None = None  # a racing survivor's (images, wrong, loss) per rung
 
 
 class JobReporter(Protocol):
@@ -99,6 +101,7 @@ def describe(
     source: str,
     config: ScoreConfig,
     truth: TruthTable | None = None,
+    rungs: Mapping[int, tuple[float, float]] | None = None,
 ) -> ScoredArchitecture:
     """Size and cost (of the network the search scored), score and truth, ready to record."""
     cost = kind_of(spec.space).cost(arch, spec.num_classes, spec.in_channels, spec.image_size, space=spec.space)
@@ -116,6 +119,7 @@ def describe(
         z_draws=score.z_draws,
         method=score_method(score.method, config),
         bench_acc=None if truth is None else truth.accuracy(arch),
+        rungs=None if rungs is None else tuple((images, wrong, loss) for images, (wrong, loss) in sorted(rungs.items())),
     )
 
 
@@ -188,8 +192,12 @@ def run_train(
     *,
     device: torch.device,
     checkpoint_path: Path,
+    world: World = SINGLE,
 ) -> bool:
     """Train the experiment's HyperNet, resuming from ``checkpoint_path`` when it exists.
+
+    With several ranks (`world`, `engine.distributed`) every rank calls this with the
+    same job; rank 0's reporter writes, the others' may discard everything.
 
     Metrics: loss, accuracy, lr, images_per_s at each report; val_error, val_loss at
     each epoch end.
@@ -242,10 +250,14 @@ def run_train(
         on_eval=on_eval,
         on_checkpoint=on_checkpoint,
         should_stop=reporter.should_stop,
+        world=world,
     )
-    if outcome.finished and outcome.checkpoint is None:
+    if outcome.finished and outcome.checkpoint is None and world.is_main:
         raise CheckpointError(f"training finished without writing {checkpoint_path}")
     return outcome.finished
+
+
+_scorers: dict[tuple[object, ...], Scorer] = {}
 
 
 def _scorer(
@@ -256,10 +268,36 @@ def _scorer(
     reporter: JobReporter | None = None,
     first_rung: int | None = None,
 ) -> Scorer:
+    """The scorer of a checkpoint; the last one is kept, since a worker scores chunk after
+    chunk of one search (the file's size and time tell a checkpoint written again).
+
+    A kept scorer reports a halved batch to the job now using it, not to the one that made it.
+    """
+
     def on_batch_halved(old: int, new: int, reason: str) -> None:
         if reporter is not None:
             reporter.event(f"scoring ran out of device memory at batch {old}, goes on at batch {new}: {reason}", "warning")
 
+    try:
+        stat = hypernet_path.stat()
+        key: tuple[object, ...] = (
+            str(hypernet_path), stat.st_mtime_ns, stat.st_size, spec.data, config, str(device), first_rung
+        )
+    except OSError:
+        key = ()
+    scorer = _scorers.get(key) if key else None
+    if scorer is None:
+        scorer = _build_scorer(spec, config, device, hypernet_path, first_rung)
+        _scorers.clear()
+        if key:
+            _scorers[key] = scorer
+    scorer.on_batch_halved = on_batch_halved
+    return scorer
+
+
+def _build_scorer(
+    spec: ExperimentSpec, config: ScoreConfig, device: torch.device, hypernet_path: Path, first_rung: int | None
+) -> Scorer:
     net, _ = load_smash(hypernet_path, device)
     data = experiment_data(spec)
     if len(data.val) == 0:
@@ -270,16 +308,22 @@ def _scorer(
         if config.bn_recalibration_batches
         else None
     )
-    return Scorer(net, val, config, train=train, first_rung=first_rung, on_batch_halved=on_batch_halved)
+    return Scorer(net, val, config, train=train, first_rung=first_rung)
 
 
-def _truth(spec: ExperimentSpec, reporter: JobReporter) -> TruthTable | None:
+def _truth(spec: ExperimentSpec, reporter: JobReporter, *, quiet: bool = False) -> TruthTable | None:
     """The experiment's benchmark table, read once per job (None without one)."""
     if spec.truth is None:
         return None
     table = load_truth(spec.truth)
-    reporter.event(f"benchmark truth: {spec.truth.label} ({len(table.by_class)} classes of cells)")
+    if not quiet:  # a chunk is part of a search, which said it already
+        reporter.event(f"benchmark truth: {spec.truth.label} ({len(table.by_class)} classes of cells)")
     return table
+
+
+def scoring_batch_size(config: ScoreConfig, device: torch.device) -> int:
+    """Images per forward pass of a Scorer with this config on this device (`Scorer`'s rule)."""
+    return config.batch_size or (1000 if device.type == "cuda" else 200)
 
 
 def run_search_job(
@@ -287,66 +331,140 @@ def run_search_job(
     params: SearchParams,
     reporter: JobReporter,
     *,
+    board: ChunkBoard,
+    checkpoint_id: int,
     device: torch.device,
-    hypernet_path: Path,
-    known: Mapping[str, Score],
+    known: Mapping[str, Landed],
 ) -> bool:
-    """Search over a trained HyperNet, reporting scored architectures in small batches.
+    """Coordinate a search: run its strategy, every batch scored in chunks that any worker claims.
+
+    Nothing is scored here: the chunks are (`run_chunk_job`), by this worker while it
+    waits and by any other; see `engine.fanout`. The board reports the search's progress.
 
     Args:
         spec: The experiment.
-        params: Strategy, budget and scoring.
-        reporter: Where results go.
-        device: Where to score.
-        hypernet_path: The HyperNet checkpoint to generate weights with.
+        params: Strategy, budget, scoring and chunk size.
+        reporter: Where the search reports (its should_stop ends the search).
+        board: Where its chunks go.
+        checkpoint_id: The HyperNet checkpoint every chunk scores against.
+        device: This worker's device (it fixes the scoring batch of every chunk).
         known: Scores already recorded against that checkpoint, by hash: never rescored,
-            so a restarted search continues instead of starting over.
+            so a restarted search replays its decisions and continues.
 
     Returns:
         True when the search ran to its end; False when it stopped on request.
+
+    Raises:
+        ChunkError: A chunk failed (e.g. a worker could not read the checkpoint).
     """
-    first_rung = params.race.first_images if params.racing else None  # full scoring cuts where the race does
-    scorer = _scorer(spec, params.score, device, hypernet_path, reporter, first_rung)
-    truth = _truth(spec, reporter)
-    score_batch: ScoreBatch
-    if params.racing:
-        score_batch = Racer(scorer, params.race)  # every batch races against the best so far
-    else:
-        score_batch = scorer.score_many
-    budget = params.search.budget
-    buffer = _ScoreBuffer(reporter, params.commit_every)
-    start = time.monotonic()
-    # A resumed search finds its earlier results among the known scores: they count
-    # towards the budget and towards the best full score it reports.
-    already = min(len(known), budget)
-    state = {"new": 0, "best": best_full_error((s.method, s.error) for s in known.values())}
-
-    def on_result(result: Result) -> None:
-        buffer.add(describe(result.arch, spec, result.score, result.source, params.score, truth))
-        state["new"] += 1
-        if result.score.method == "full":  # a racing drop's partial error is no "best"
-            state["best"] = min(state["best"], result.score.error)
-        done = min(already + state["new"], budget)
-        rate = state["new"] / max(time.monotonic() - start, 1e-9)
-        reporter.progress(
-            min(done / budget, 0.999),
-            f"{done}/{budget} scored" + (f" · best {state['best']:.2f}%" if state["best"] < math.inf else ""),
-            (budget - done) / rate if rate > 0 else None,
-        )
-
+    scorer = FannedOut(
+        params,
+        board,
+        checkpoint_id=checkpoint_id,
+        batch_size=scoring_batch_size(params.score, device),
+        known=known,
+    )
     try:
         _, finished = run_search(
             spec.space,
             params.search,
-            score_batch,
-            known=dict(known),
-            on_result=on_result,
+            scorer,
+            known={hash_: landed.score for hash_, landed in known.items()},
             should_stop=reporter.should_stop,
         )
-    finally:
-        # Whatever was scored is kept, even when scoring the next one failed.
-        buffer.flush()
+    except ChunkStopped:
+        return False
     return finished
+
+
+def run_chunk_job(
+    spec: ExperimentSpec,
+    params: ChunkParams,
+    reporter: JobReporter,
+    *,
+    device: torch.device,
+    hypernet_path: Path,
+    scored: set[str],
+) -> bool:
+    """Score one chunk of a search, reporting its scores in small batches.
+
+    Racing, the candidates race against the chunk's leaders, and survivors are reported
+    with their sums at every rung (later chunks race against them).
+
+    Args:
+        spec: The experiment.
+        params: The chunk.
+        reporter: Where results go.
+        device: Where to score.
+        hypernet_path: The chunk's checkpoint.
+        scored: Hashes already scored against it (an earlier attempt of the chunk
+            committed them): not scored again.
+
+    Returns:
+        True when the chunk is scored; False when it stopped on request.
+    """
+    kind = kind_of(spec.space)
+    archs = [
+        kind.parse(text, spec.space)
+        for text, hash_ in zip(params.architectures, params.hashes)
+        if hash_ not in scored
+    ]
+    if not archs:
+        return True
+    if reporter.should_stop():
+        return False
+    first_rung = params.race.first_images if params.racing else None  # as the search's own scorer cuts
+    scorer = _scorer(spec, params.score, device, hypernet_path, reporter, first_rung)
+    truth = _truth(spec, reporter, quiet=True)
+    buffer = _ScoreBuffer(reporter, params.commit_every)
+    done = 0
+
+    def add(arch: Arch, score: Score, rungs: Mapping[int, tuple[float, float]] | None) -> None:
+        nonlocal done
+        buffer.add(describe(arch, spec, score, params.source, params.score, truth, rungs))
+        done += 1
+        reporter.progress(done / len(archs), f"{done}/{len(archs)} scored")
+
+    try:
+        return score_chunk(scorer, params, archs, add, reporter.should_stop)
+    finally:
+        buffer.flush()
+
+
+def score_chunk(
+    scorer: Scorer,
+    params: ChunkParams,
+    archs: Sequence[Arch],
+    add: Callable[[Arch, Score, Mapping[int, tuple[float, float]] | None], None],
+    should_stop: Callable[[], bool],
+) -> bool:
+    """Score a chunk's architectures: each full score, or one race against the chunk's leaders.
+
+    `add` receives every score as it exists (a racing survivor with its sums at every
+    rung, None otherwise). A race is not cut short: its candidates are compared on the
+    same images to the end.
+
+    Returns:
+        True when all are scored; False when `should_stop` ended full scoring early.
+    """
+    if not params.racing:
+        for arch in archs:
+            if should_stop():
+                return False
+            add(arch, scorer.score(arch), None)
+        return True
+
+    def dropped(arch: Arch, score: Score) -> None:
+        if score.method != "full":  # survivors are added below, with their rungs
+            add(arch, score, None)
+
+    leaders = [as_leader(record) for record in params.leaders]
+    scores, survivors = scorer._race(archs, params.race, dropped, leaders)
+    # `_race` returns the survivors in candidate order, the candidates it scored in full.
+    full = [arch for arch, score in zip(archs, scores) if score.method == "full"]
+    for arch, survivor in zip(full, survivors, strict=True):
+        add(arch, survivor.score, survivor.rungs)
+    return True
 
 
 def run_score_job(
@@ -491,6 +609,8 @@ __all__ = [
     "describe",
     "get_dataset",
     "experiment_data",
+    "run_chunk_job",
+    "score_chunk",
     "run_retrain_job",
     "run_score_job",
     "run_search_job",

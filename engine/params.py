@@ -7,7 +7,8 @@ the defaults of the dataclasses in `engine.config`::
 
     train    {"train": TrainConfig}
     search   {"search": SearchConfig, "score": ScoreConfig, "racing": bool,
-              "race": RaceConfig, "commit_every": int}
+              "race": RaceConfig, "commit_every": int, "chunk": int | null}
+    chunk    a part of a search's scoring (`ChunkParams`), queued by the search itself
     score    {"architecture_ids": [int, ...], "score": ScoreConfig, "checkpoint_id": int | null}
     retrain  {"architecture_id": int, "retrain": RetrainConfig}
 
@@ -55,6 +56,9 @@ from engine.truth import TRUTH_COLUMNS, TruthConfig, column_for, load_truth
 _Config = TypeVar("_Config")
 MAX_TEXT = 1000  # longest text setting (names, paths): a longer one is a mistake or an attack
 COMMIT_EVERY = 8  # scored architectures per database commit (what a crash may lose)
+# Candidates per chunk job of a search (`engine.fanout` says what makes a size good).
+CHUNK_FULL = 8  # full scoring: enough to hide a claim's cost, small enough to share a batch out
+CHUNK_RACING = 16  # racing: a chunk races its candidates and the search's leaders together
 WEIGHT_MODES = ("hypernet", "shared")  # SMASH's generated weights, or plain weight sharing (nb201)
 NB201_KIND = "nb201"
 
@@ -323,10 +327,20 @@ class SearchParams:
     racing: bool = False  # successive halving over validation images instead of full scores
     race: RaceConfig = RaceConfig()  # the racing settings, when racing
     commit_every: int = COMMIT_EVERY  # scored architectures per database commit (what a crash may lose)
+    chunk: int | None = None  # candidates per chunk job (None: CHUNK_RACING when racing, else CHUNK_FULL)
 
     def __post_init__(self) -> None:
         if self.commit_every < 1:
             raise ConfigError(f"commit_every must be at least 1, got {self.commit_every}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"chunk must be at least 1, got {self.chunk}", "chunk")
+
+    @property
+    def chunk_size(self) -> int:
+        """Candidates per chunk job."""
+        if self.chunk is not None:
+            return self.chunk
+        return CHUNK_RACING if self.racing else CHUNK_FULL
 
     def to_params(self) -> dict[str, Any]:
         """The job's ``params`` JSON."""
@@ -336,6 +350,7 @@ class SearchParams:
             "racing": self.racing,
             "race": config_to_dict(self.race),
             "commit_every": self.commit_every,
+            "chunk": self.chunk,
         }
 
     @classmethod
@@ -354,6 +369,117 @@ class SearchParams:
             racing=racing,
             race=config_from_dict(RaceConfig, params.get("race"), "race"),
             commit_every=check_int(params.get("commit_every", COMMIT_EVERY), "commit_every"),
+            chunk=None if params.get("chunk") is None else check_int(params["chunk"], "chunk", low=1),
+        )
+
+
+@dataclass(frozen=True)
+class LeaderRecord:
+    """A racing survivor that a chunk races its candidates against (see `engine.score.Leader`)."""
+
+    error: float  # its full score
+    loss: float
+    images: int
+    z_draws: int
+    method: str
+    rungs: tuple[tuple[int, float, float], ...]  # (images, wrong, loss) summed over the first images
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "loss": self.loss,
+            "images": self.images,
+            "z_draws": self.z_draws,
+            "method": self.method,
+            "rungs": [list(rung) for rung in self.rungs],
+        }
+
+    @classmethod
+    def from_params(cls, value: Any) -> LeaderRecord:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"chunk job: a leader must be an object, got {_shown(value)}")
+        try:
+            rungs = tuple(
+                (check_int(images, "leader rung images", low=1), check_float(wrong, "leader rung"), check_float(loss, "leader rung"))
+                for images, wrong, loss in value["rungs"]
+            )
+            return cls(
+                error=check_float(value["error"], "leader error"),
+                loss=check_float(value["loss"], "leader loss"),
+                images=check_int(value["images"], "leader images", low=1),
+                z_draws=check_int(value["z_draws"], "leader z_draws", low=1),
+                method=check_text(value["method"], "leader method"),
+                rungs=rungs,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"chunk job: a leader cannot be read: {first_line(exc)}") from None
+
+
+def _text_item(value: Any, what: str) -> str:
+    """A text value of a chunk (architecture JSON is long: the kind's parser checks it)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"chunk job: {what} must be text, got {_shown(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class ChunkParams:
+    """A ``chunk`` job: some of a search's candidates, scored by whichever worker claims it.
+
+    The search that queues it (its parent job) has fixed everything a score depends on,
+    so any worker, on any host, records the score its own worker would have.
+    """
+
+    index: int  # its number within the search, from 0
+    checkpoint_id: int  # the HyperNet checkpoint every chunk of the search scores against
+    architectures: tuple[str, ...]  # the candidates, as architecture JSON
+    hashes: tuple[str, ...]  # their hashes, in the same order
+    source: str  # how the search found them: random, perturb, markov, evolution
+    score: ScoreConfig = ScoreConfig()  # how each is scored (batch size fixed by the search)
+    racing: bool = False  # race the candidates (and the leaders) instead of full scores
+    race: RaceConfig = RaceConfig()  # the racing settings
+    leaders: tuple[LeaderRecord, ...] = ()  # the search's best survivors when the chunk was cut
+    commit_every: int = COMMIT_EVERY  # scored architectures per database commit
+
+    def to_params(self) -> dict[str, Any]:
+        """The job's ``params`` JSON."""
+        return {
+            "index": self.index,
+            "checkpoint_id": self.checkpoint_id,
+            "architectures": list(self.architectures),
+            "hashes": list(self.hashes),
+            "source": self.source,
+            "score": config_to_dict(self.score),
+            "racing": self.racing,
+            "race": config_to_dict(self.race),
+            "leaders": [leader.to_params() for leader in self.leaders],
+            "commit_every": self.commit_every,
+        }
+
+    @classmethod
+    def from_params(cls, params: Any) -> ChunkParams:
+        """Parse a job's ``params``; ConfigError when they cannot work."""
+        params = _params(params, "chunk")
+        architectures, hashes = params.get("architectures"), params.get("hashes")
+        if not isinstance(architectures, list) or not isinstance(hashes, list) or len(architectures) != len(hashes):
+            raise ConfigError("chunk job: architectures and hashes must be lists of the same length")
+        racing = params.get("racing", False)
+        if not isinstance(racing, bool):
+            raise ConfigError(f"racing must be true or false, got {racing!r}")
+        leaders = params.get("leaders") or []
+        if not isinstance(leaders, list):
+            raise ConfigError("chunk job: leaders must be a list")
+        return cls(
+            index=check_int(params.get("index"), "chunk index", low=0),
+            checkpoint_id=check_int(params.get("checkpoint_id"), "checkpoint_id", low=1),
+            architectures=tuple(_text_item(spec, "architecture") for spec in architectures),
+            hashes=tuple(_text_item(hash_, "architecture hash") for hash_ in hashes),
+            source=check_text(params.get("source", "random"), "source"),
+            score=config_from_dict(ScoreConfig, params.get("score"), "score"),
+            racing=racing,
+            race=config_from_dict(RaceConfig, params.get("race"), "race"),
+            leaders=tuple(LeaderRecord.from_params(leader) for leader in leaders),
+            commit_every=check_int(params.get("commit_every", COMMIT_EVERY), "commit_every", low=1),
         )
 
 
@@ -436,6 +562,7 @@ class SearchRequest:
     racing: bool = False  # successive halving over validation images instead of full scores
     race_top_k: int = RaceConfig.top_k  # racing keeps the ranking's head this long exact
     search_batch: int | None = None  # candidates per scoring batch (None: SearchConfig.batch, RACING_BATCH racing)
+    chunk: int | None = None  # candidates per chunk job that workers share (None: CHUNK_RACING racing, else CHUNK_FULL)
     score_images: int | None = ScoreConfig.images  # validation images per score (None: all)
     z_draws: int = ScoreConfig.z_draws  # z draws averaged per score
     bn_recalibration: int = ScoreConfig.bn_recalibration_batches  # BN recalibration batches (0: off)
@@ -495,7 +622,11 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     race = _request_config(RaceConfig, "race", request, {"top_k": "race_top_k"})
     weights, truth = _weights_and_truth(request, space, data)
     check_int(request.commit_every, "commit-every", field="commit_every", low=1)
-    params = SearchParams(search=search, score=score, racing=request.racing, race=race, commit_every=request.commit_every)
+    if request.chunk is not None:
+        check_int(request.chunk, "chunk", field="chunk", low=1)
+    params = SearchParams(
+        search=search, score=score, racing=request.racing, race=race, commit_every=request.commit_every, chunk=request.chunk
+    )
     return SearchPlan(space, data, HYPERNET_SIZES[request.hypernet], TrainParams(train), params, weights, truth)
 
 
@@ -638,7 +769,11 @@ def score_method(base: str, config: ScoreConfig) -> str:
 
 
 __all__ = [
+    "CHUNK_FULL",
+    "CHUNK_RACING",
     "COMMIT_EVERY",
+    "ChunkParams",
+    "LeaderRecord",
     "DEMO_RETRAIN",
     "DEMO_SEARCH",
     "DEMO_TOP",

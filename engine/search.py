@@ -16,6 +16,13 @@ sequence of random sampling, perturbation of the best, then the Markov chain.
 
 The strategies draw and perturb architectures through the space's kind
 (`engine.kinds`) and otherwise only hash them, so they search any kind of space.
+
+A scorer that fans a search out across workers (`engine.fanout`) may have three hooks,
+which the search calls when present: `before(archs, source)` with every batch before it
+is scored (its known architectures included, so that the batch is cut into the same
+chunks after a restart), `after(archs, scores)` with its scores, and `ahead(archs, source)`
+with architectures that will be scored next whatever the scores (random search's), so
+that they can be queued before the batches ahead of them have landed.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class _Book:
         for a in archs:
             if a.hash not in self.scores and a.hash not in new:
                 new[a.hash] = a
+        before = getattr(self.score_batch, "before", None)
+        if before is not None:
+            before(archs, source)
         if new:
             if self.should_stop is not None and self.should_stop():
                 self.stopped = True
@@ -74,7 +84,17 @@ class _Book:
                 self.results.append(result)
                 if self.on_result is not None:
                     self.on_result(result)
-        return [self.scores[a.hash] for a in archs]
+        scores = [self.scores[a.hash] for a in archs]
+        after = getattr(self.score_batch, "after", None)
+        if after is not None:
+            after(archs, scores)
+        return scores
+
+    def ahead(self, archs: Sequence[Arch], source: str) -> None:
+        """Tell the scorer what follows whatever the scores (see the module docstring)."""
+        ahead = getattr(self.score_batch, "ahead", None)
+        if ahead is not None:
+            ahead(archs, source)
 
     def best(self, pool: Sequence[Arch], k: int) -> list[Arch]:
         return sorted(pool, key=lambda a: rank_key(self.scores[a.hash]))[:k]
@@ -152,11 +172,11 @@ def _seed_pool(draws: _Draws, config: SearchConfig, book: _Book, pool: list[Arch
 
 
 def _random(draws: _Draws, config: SearchConfig, book: _Book) -> list[Arch]:
-    drawn: list[Arch] = []
-    for first in range(0, config.architectures, config.batch):
-        batch = [draws.sample() for _ in range(min(config.batch, config.architectures - first))]
-        book.score(batch, "random")
-        drawn += batch
+    # Drawn up front (scores never change a draw), so a fanned-out search queues them early.
+    drawn = [draws.sample() for _ in range(config.architectures)]
+    book.ahead(drawn, "random")
+    for first in range(0, len(drawn), config.batch):
+        book.score(drawn[first : first + config.batch], "random")
     return drawn
 
 

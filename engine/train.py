@@ -45,6 +45,7 @@ from engine.checkpoint import (
 from engine.config import HyperNetConfig, TrainConfig
 from engine.data import Dataset, DeviceImages, device_images
 from engine.device import autocast_context, host_sync_allowed, module_device
+from engine.distributed import SINGLE, World
 from engine.errors import TrainingDiverged, first_line
 from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.kinds import BANKS, Arch, SmashModule, Space, SpaceKind, get_kind, kind_of
@@ -163,14 +164,20 @@ def train_step(
     arch: Arch,
     z_generator: torch.Generator | None,
     autocast: contextlib.AbstractContextManager[None],
+    world: World = SINGLE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generate weights for `arch`, forward, backward, Adam. Returns (loss, correct) on the device."""
-    with autocast:
+    """Generate weights for `arch`, forward, backward, Adam. Returns (loss, correct) on the device.
+
+    With several ranks (`world`), `x` is this rank's slice of the batch, BatchNorm sees
+    the global batch, and the gradients are averaged over the ranks before Adam.
+    """
+    with autocast, world.global_batch_norm():
         weights = net.generate(arch, generator=z_generator)
         logits = net(x, arch, weights)
     loss = F.cross_entropy(logits.float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    world.all_reduce_gradients([p for group in optimizer.param_groups for p in group["params"]])
     optimizer.step()
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
@@ -231,6 +238,7 @@ class _Run:
     on_progress: Callable[[TrainProgress], None] | None
     on_eval: Callable[[TrainEval], None] | None
     on_checkpoint: Callable[[CheckpointSaved], None] | None
+    world: World = SINGLE  # the ranks training together; rank 0 alone writes checkpoints
 
 
 @dataclass
@@ -274,6 +282,7 @@ def train_hypernet(
     on_eval: Callable[[TrainEval], None] | None = None,
     on_checkpoint: Callable[[CheckpointSaved], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    world: World = SINGLE,
 ) -> TrainOutcome:
     """Train `net` (HyperNet and shared weights) on `data.train`.
 
@@ -287,6 +296,9 @@ def train_hypernet(
         on_eval: validation with generated weights at each epoch end and at the end.
         on_checkpoint: called after each checkpoint is written.
         should_stop: polled between steps; True checkpoints and returns (pause / cancel).
+        world: the ranks of a data-parallel run (`engine.distributed`): each takes its
+            slice of every batch of `config.batch_size` images; rank 0 alone writes
+            checkpoints and evaluates, and a stop asked of any rank stops them all.
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
@@ -299,14 +311,16 @@ def train_hypernet(
     if per_epoch == 0:
         raise ValueError(f"the training split has {len(train_images)} images, fewer than one batch of {config.batch_size}")
     total = per_epoch * config.epochs if config.max_steps is None else min(per_epoch * config.epochs, config.max_steps)
+    world.check_batch(config.batch_size)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     optimizer = make_optimizer(net, config)
-    run = _Run(net, kind_of(net.space), optimizer, config, device, total, path, on_progress, on_eval, on_checkpoint)
+    run = _Run(net, kind_of(net.space), optimizer, config, device, total, path, on_progress, on_eval, on_checkpoint, world)
     state = TrainState.start(config.seed, device)
     if path is not None and resume and path.exists():
         state = _restore(run)
+    world.broadcast_parameters(net)
     with host_sync_allowed(device):
-        evaluator = _EpochEvaluator(run, data) if len(data.val) and config.eval_archs else None
+        evaluator = _EpochEvaluator(run, data) if len(data.val) and config.eval_archs and world.is_main else None
     session = _Session.start(state, device, str(path) if path is not None and state.step > 0 else None)
 
     net.train()
@@ -316,7 +330,8 @@ def train_hypernet(
             arch = run.kind.sample(net.space, state.arch_rng, anneal)
             for group in optimizer.param_groups:
                 group["lr"] = cosine_lr(config.lr, state.step, run.total)
-            loss, correct = train_step(net, optimizer, x, y, arch, state.z_rng, autocast_context(device, config.bf16))
+            x, y = world.shard(x, y)
+            loss, correct = train_step(net, optimizer, x, y, arch, state.z_rng, autocast_context(device, config.bf16), world)
             session.add(loss, correct, y.shape[0])
             state.step += 1
             state.batch_in_epoch += 1
@@ -324,7 +339,7 @@ def train_hypernet(
                 _report(run, state, session)
             if state.step >= run.total:
                 break
-            if should_stop is not None and should_stop():
+            if world.agree(should_stop is not None and should_stop()):
                 if state.step > session.reported_step:  # an empty report would read as loss 0
                     _report(run, state, session)
                 _save(run, state, session)
@@ -371,8 +386,8 @@ def _restore(run: _Run) -> TrainState:
 
 
 def _save(run: _Run, state: TrainState, session: _Session) -> None:
-    """Writes the checkpoint (never of weights touched by a NaN) and reports it."""
-    if run.path is None:
+    """Writes the checkpoint (never of weights touched by a NaN) and reports it: rank 0's work."""
+    if run.path is None or not run.world.is_main:
         return
     with host_sync_allowed(run.device):  # host sync: the NaN check, and the copy to disk
         if bool(session.nonfinite):
@@ -398,8 +413,11 @@ def _save(run: _Run, state: TrainState, session: _Session) -> None:
 def _report(run: _Run, state: TrainState, session: _Session) -> None:
     """Mean loss, accuracy and throughput since the last report (raises if a loss was not finite)."""
     with host_sync_allowed(run.device):
-        loss_sum, correct, images = session.sums.tolist()  # host sync: one copy per report
-        if bool(session.nonfinite):
+        # Every rank's sums (the losses are means over a slice: averaged, the rest added).
+        sums = run.world.sum(torch.cat([session.sums, session.nonfinite.float().view(1)]))
+        loss_sum, correct, images, nonfinite = sums.tolist()  # host sync: one copy per report
+        loss_sum /= run.world.size
+        if nonfinite:
             raise TrainingDiverged(_diverged_message(state.step, session.checkpoint))
     now = time.perf_counter()
     session.loss = loss_sum / max(state.step - session.reported_step, 1)

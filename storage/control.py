@@ -26,11 +26,22 @@ from storage.queue import (
 )
 
 
+def _not_a_chunk(session: Session, job_id: int, action: str) -> None:
+    """Refuse a user's action on a chunk: its search owns it (``storage.chunks``)."""
+    job = fresh_job(session, job_id)
+    if job.parent_id is not None:
+        raise JobStateError(
+            f"cannot {action} job {job_id}: it is a chunk of search job {job.parent_id}; "
+            f"{action} the search instead"
+        )
+
+
 def request_pause(session: Session, job_id: int) -> Job:
     """Pause a job: a queued job at once, a running one when its worker next checks.
 
     Pausing a paused job does nothing.
     """
+    _not_a_chunk(session, job_id, "pause")
     if set_state(session, job_id, ["queued"], {"state": "paused"}):
         job = fresh_job(session, job_id)
         log_event(session, job_id, job.experiment_id, f"job {job_id} paused")
@@ -53,6 +64,7 @@ def resume(session: Session, job_id: int) -> Job:
 
     Resuming a queued job does nothing.
     """
+    _not_a_chunk(session, job_id, "resume")
     if set_state(session, job_id, ["paused"], {"state": "queued"}):
         job = fresh_job(session, job_id)
         log_event(session, job_id, job.experiment_id, f"job {job_id} resumed")
@@ -74,6 +86,7 @@ def request_cancel(session: Session, job_id: int) -> Job:
     Cancelling a cancelled job does nothing. Jobs that depend on a cancelled
     job are cancelled too.
     """
+    _not_a_chunk(session, job_id, "cancel")
     cancelled = {"state": "cancelled", "requested": None, "finished_at": now_sql(session)}
     if set_state(session, job_id, ["queued", "paused"], cancelled):
         job = fresh_job(session, job_id)
@@ -106,6 +119,7 @@ def retry(session: Session, job_id: int) -> list[Job]:
     Returns:
         The jobs queued again, the retried job first.
     """
+    _not_a_chunk(session, job_id, "retry")
     job = fresh_job(session, job_id)
     if job.state not in ("failed", "cancelled"):
         raise refuse(job, "retry", "only failed or cancelled jobs can be retried")

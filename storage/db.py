@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.errors import DatabaseURLError, StorageError, first_line
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# The files root of every database, when set (see ``Database.files_dir``).
+FILES_ENV = "SMASH_FILES"
 PG_CONNECT_TIMEOUT_S = 10
 
 
@@ -297,20 +299,65 @@ class Database:
 
     @property
     def files_dir(self) -> Path:
-        """Where checkpoints, logs and exports of this database live (not created here).
+        """The files root: where checkpoints, logs and exports of this database live (not created here).
 
-        SQLite: ``<db dir>/<db stem>-files``. PostgreSQL: ``SMASH_FILES``, or
-        ``<data dir>/files/<host>-<dbname>``.
+        ``SMASH_FILES`` when set (hosts that share a database mount one shared folder,
+        each at its own path); else, SQLite: ``<db dir>/<db stem>-files``, PostgreSQL:
+        ``<data dir>/files/<host>-<dbname>``. Files under it are recorded relative to it
+        (``stored_path``), so the root can move and hosts can mount it anywhere.
         """
+        override = os.environ.get(FILES_ENV)
+        if override:
+            return Path(override).expanduser()
         path = sqlite_path(self.url)
         if path is not None:
             return path.parent / f"{path.stem}-files"
-        override = os.environ.get("SMASH_FILES")
-        if override:
-            return Path(override).expanduser()
         parsed = make_url(self.url)
         label = f"{parsed.host or 'localhost'}-{parsed.database or 'postgres'}"
         return data_dir() / "files" / re.sub(r"[^A-Za-z0-9._-]", "_", label)
+
+    def stored_path(self, path: str | Path) -> str:
+        """How a file is recorded: relative to the files root when under it, else absolute."""
+        given = Path(os.path.abspath(Path(path).expanduser()))
+        root = Path(os.path.abspath(self.files_dir))
+        for inside, top in ((given, root), (given.resolve(), root.resolve())):
+            try:
+                return inside.relative_to(top).as_posix()
+            except ValueError:
+                continue
+        return str(given)
+
+    def file_path(self, stored: str) -> Path:
+        """Where a recorded file is on this host: a relative path under the files root,
+        an absolute one (recorded before paths were relative) as it is."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.files_dir / path
+
+    def readable_file(self, stored: str, what: str) -> Path:
+        """A recorded file that this host must read, e.g. a HyperNet checkpoint.
+
+        Raises:
+            StorageError: It is not there; the one line names the path and the setting
+                that places it (``SMASH_FILES``).
+        """
+        path = self.file_path(stored)
+        if path.is_file():
+            return path
+        if Path(stored).is_absolute():
+            raise StorageError(
+                f"cannot read {what} {stored}: no such file on this host (recorded as an "
+                f"absolute path; {FILES_ENV} does not apply to it)"
+            )
+        setting = (
+            f"{FILES_ENV}={os.environ[FILES_ENV]}"
+            if os.environ.get(FILES_ENV)
+            else f"{FILES_ENV} is not set"
+        )
+        raise StorageError(
+            f"cannot read {what} {stored}: {path} does not exist; the files root is "
+            f"{self.files_dir} ({setting}): mount the shared files folder and point "
+            f"{FILES_ENV} at it"
+        )
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 EXPERIMENT_STATUSES: Final = ("created", "running", "done", "failed", "cancelled")
-JOB_KINDS: Final = ("train", "score", "search", "retrain")
+# "chunk": a part of a search's scoring that any worker may claim (its parent is the search).
+JOB_KINDS: Final = ("train", "score", "search", "retrain", "chunk")
 JOB_STATES: Final = ("queued", "running", "paused", "done", "failed", "cancelled")
 JOB_REQUESTS: Final = ("pause", "cancel")
 RETRAIN_STATES: Final = ("queued", "running", "done", "failed")
@@ -112,6 +113,7 @@ class Job(Base):
         Index("ix_jobs_state_priority_id", "state", "priority", "id"),
         Index("ix_jobs_experiment_id_id", "experiment_id", "id"),
         Index("ix_jobs_depends_on_id", "depends_on_id"),
+        Index("ix_jobs_parent_id", "parent_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -124,6 +126,9 @@ class Job(Base):
     requested: Mapped[str | None] = mapped_column(String)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     depends_on_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # The search a chunk job scores a part of; None for every other job. Chunks are
+    # hidden from job lists: a search is one job to its user.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     progress: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     progress_text: Mapped[str] = mapped_column(String, default="", server_default="")
     eta_seconds: Mapped[float | None] = mapped_column(Float)
@@ -280,6 +285,9 @@ class Score(Base):
     images: Mapped[int] = mapped_column(Integer)
     z_draws: Mapped[int] = mapped_column(Integer)
     method: Mapped[str] = mapped_column(String)
+    # A racing survivor's (images, wrong, loss) sums at every rung it passed, so later
+    # chunks of the search race against it on the same images; None for other scores.
+    rungs: Mapped[list[list[float]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -440,15 +441,46 @@ def list_experiments(session: Session) -> list[Experiment]:
 
 
 def list_jobs(
-    session: Session, experiment_id: int | None = None, *, states: tuple[str, ...] | None = None
+    session: Session,
+    experiment_id: int | None = None,
+    *,
+    states: tuple[str, ...] | None = None,
+    chunks: bool = False,
 ) -> list[Job]:
-    """Jobs in enqueue order, optionally of one experiment and in some states."""
+    """Jobs in enqueue order, optionally of one experiment and in some states.
+
+    A search's chunk jobs are left out unless ``chunks``: a search is one job to its
+    user, and its progress text tells how its chunks fare.
+    """
     query = select(Job).order_by(Job.id)
+    if not chunks:
+        query = query.where(Job.parent_id.is_(None))
     if experiment_id is not None:
         query = query.where(Job.experiment_id == experiment_id)
     if states is not None:
         query = query.where(Job.state.in_(states))
     return list(session.scalars(query.execution_options(populate_existing=True)))
+
+
+def job_labels(session: Session, job_ids: Iterable[int | None]) -> dict[int, str]:
+    """How a worker's current job is shown: "job 12 (search)", "chunk 3 of job 12".
+
+    A chunk names its search, the job its user knows (``storage.chunks``).
+    """
+    ids = sorted({ident for ident in job_ids if ident is not None})
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.kind, Job.parent_id, Job.params).where(Job.id.in_(ids))
+    ).all()
+    labels = {}
+    for ident, kind, parent_id, params in rows:
+        if parent_id is None:
+            labels[ident] = f"job {ident} ({kind})"
+        else:
+            index = params.get("index") if isinstance(params, dict) else None
+            labels[ident] = f"chunk {index if index is not None else '?'} of job {parent_id}"
+    return labels
 
 
 def metric_series(

@@ -17,12 +17,17 @@ A running job is never changed by the UI directly: ``request_pause`` and
 concurrent workers and UIs cannot both win. The transitions write the
 activity-log events themselves; workers need not log them again.
 
-``requeue_gone_workers`` takes the jobs of workers known dead (their process on this
-host is gone) the same ways as ``requeue_stale``, without waiting for the timeout.
+A ``chunk`` job is a part of a search's scoring (``parent_id`` names the search, see
+``storage.chunks``): any worker claims it while its search is queued or running, never
+while the search is paused or over, and its routine transitions write no activity-log
+line (a search of 500 architectures is one job to its user, not 60).
 
-Functions that are a unit of work of their own (``claim``, ``heartbeat``,
-``requeue_stale``, ``requeue_gone_workers``, and the registry in ``storage.workers``)
-take the ``Database`` (or an engine) and commit. The others take the caller's ``Session`` and only flush.
+Jobs whose worker is lost (silent, or known dead) are taken back by
+``storage.workers.requeue_stale`` and ``requeue_gone_workers``, with the liveness
+code they depend on.
+
+Functions that are a unit of work of their own (``claim``, ``heartbeat``, and the
+registry and requeueing in ``storage.workers``) take the ``Database`` (or an engine) and commit. The others take the caller's ``Session`` and only flush.
 
 Times that decide liveness (heartbeats, staleness) come from the database
 server on PostgreSQL, so workers on hosts with skewed clocks agree.
@@ -33,7 +38,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -48,7 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from storage.clock import Executor, db_now, engine_of, now_sql
+from storage.clock import Executor, engine_of, now_sql
 from storage.db import Database
 from storage.errors import JobStateError, NotFoundError, StorageError, first_line
 from storage.models import (
@@ -62,7 +66,6 @@ from storage.models import (
     utcnow,
 )
 from storage.records import get_experiment, get_job, refresh_retrain_states
-from storage.workers import forget_lock, gone_workers
 
 jobs = Job.__table__
 workers = Worker.__table__
@@ -114,7 +117,8 @@ def log_event(
     )
 
 
-def _release_worker(executor: Executor, job_id: int) -> None:
+def release_worker(executor: Executor, job_id: int) -> None:
+    """The worker that ran a job it no longer holds has no current job."""
     executor.execute(
         update(workers).where(workers.c.current_job_id == job_id).values(current_job_id=None)
     )
@@ -179,9 +183,22 @@ def orphan_reason(dependency_id: int) -> str:
 
 
 def cancel_orphans(executor: Executor) -> list[int]:
-    """Cancel waiting jobs whose dependency failed or was cancelled, transitively."""
+    """Cancel waiting jobs whose dependency failed or was cancelled, transitively,
+    and the waiting chunks of searches that ended."""
     dependency = jobs.alias("dependency")
     cancelled: list[int] = []
+    parent = jobs.alias("parent")
+    executor.execute(
+        update(jobs)
+        .where(jobs.c.state.in_(UNFINISHED_DEPENDENCY_STATES), jobs.c.parent_id.is_not(None))
+        .where(
+            exists().where(
+                parent.c.id == jobs.c.parent_id,
+                parent.c.state.in_(("done", "failed", "cancelled")),
+            )
+        )
+        .values(state="cancelled", requested=None, finished_at=now_sql(executor))
+    )
     while True:
         orphans = executor.execute(
             select(jobs.c.id, jobs.c.experiment_id, dependency.c.id, dependency.c.state)
@@ -217,6 +234,7 @@ def enqueue(
     *,
     priority: int = 0,
     depends_on: int | None = None,
+    parent: int | None = None,
 ) -> Job:
     """Add a queued job.
 
@@ -227,6 +245,7 @@ def enqueue(
         params: Kind-specific parameters as a JSON-able dict.
         priority: Higher runs first; ties run in enqueue order.
         depends_on: Id of a job that must be done before this one may start.
+        parent: The search a chunk job belongs to (``storage.chunks`` queues chunks).
 
     Raises:
         StorageError: An unknown kind, params with NaN or an infinity (JSON has neither),
@@ -251,6 +270,8 @@ def enqueue(
     get_experiment(session, experiment_id)
     if depends_on is not None:
         get_job(session, depends_on)
+    if (kind == "chunk") != (parent is not None):
+        raise StorageError("a chunk job, and only a chunk job, belongs to a parent search")
     job = Job(
         experiment_id=experiment_id,
         kind=kind,
@@ -258,29 +279,41 @@ def enqueue(
         state="queued",
         priority=priority,
         depends_on_id=depends_on,
+        parent_id=parent,
     )
     session.add(job)
     session.flush()
-    log_event(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
+    if parent is None:
+        log_event(session, job.id, experiment_id, f"job {job.id} ({kind}) queued")
     retrain_jobs_moved(session, [job.id])
     return job
 
 
-def _claimable(kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None) -> Any:
+def _claimable(
+    kinds: Sequence[str] | None, job_ids: Sequence[int] | None = None, parent: int | None = None
+) -> Any:
     dependency = jobs.alias("dependency")
     dependency_done = exists().where(
         dependency.c.id == jobs.c.depends_on_id, dependency.c.state == "done"
+    )
+    search = jobs.alias("search")
+    # A chunk waits while its search is paused: pausing a search pauses its scoring.
+    parent_active = exists().where(
+        search.c.id == jobs.c.parent_id, search.c.state.in_(("queued", "running"))
     )
     query = (
         select(jobs.c.id)
         .where(jobs.c.state == "queued")
         .where(or_(jobs.c.depends_on_id.is_(None), dependency_done))
+        .where(or_(jobs.c.parent_id.is_(None), parent_active))
         .order_by(jobs.c.priority.desc(), jobs.c.id)
     )
     if kinds is not None:
         query = query.where(jobs.c.kind.in_(kinds))
     if job_ids is not None:
         query = query.where(jobs.c.id.in_(job_ids))
+    if parent is not None:
+        query = query.where(jobs.c.parent_id == parent)
     return query
 
 
@@ -309,6 +342,8 @@ def _take(connection: Connection, job_id: int, worker_id: str) -> bool:
         .where(workers.c.id == worker_id)
         .values(current_job_id=job_id, heartbeat_at=now)
     )
+    if kind == "chunk" and attempts == 1:
+        return True  # routine: only a chunk taken again after a lost worker is logged
     log_event(
         connection,
         job_id,
@@ -324,6 +359,7 @@ def claim(
     *,
     kinds: Iterable[str] | None = None,
     job_ids: Iterable[int] | None = None,
+    parent: int | None = None,
 ) -> int | None:
     """Atomically take the best runnable queued job for a worker.
 
@@ -337,6 +373,7 @@ def claim(
         kinds: Only claim jobs of these kinds; None claims any.
         job_ids: Only claim among these jobs (a foreground run of one experiment's
             jobs); None claims any.
+        parent: Only claim chunks of this search (its coordinator, while it waits).
 
     Returns:
         The claimed job id, now running and owned by the worker, or None.
@@ -347,7 +384,7 @@ def claim(
         if kind not in JOB_KINDS:
             raise StorageError(f"unknown job kind {kind!r} (one of {', '.join(JOB_KINDS)})")
     id_list = None if job_ids is None else tuple(int(job_id) for job_id in job_ids)
-    candidates_query = _claimable(kind_list, id_list)
+    candidates_query = _claimable(kind_list, id_list, parent)
     if engine.dialect.name == "postgresql":
         with engine.begin() as connection:
             cancel_orphans(connection)
@@ -417,141 +454,6 @@ def heartbeat(
     return Control(request=_REQUESTS.get(row[0], "none"), taken_away=False)
 
 
-def requeue_stale(
-    engine_or_db: Engine | Database, timeout_s: float, max_lost: int = MAX_WORKERS_LOST
-) -> list[int]:
-    """Put running jobs whose worker stopped sending heartbeats back in the queue.
-
-    A pending pause or cancel request is honoured instead (the job becomes
-    paused or cancelled). The next worker resumes from
-    ``latest_checkpoint``. A job that has now lost ``max_lost`` workers fails
-    (and the jobs that depend on it are cancelled).
-
-    Args:
-        engine_or_db: The database.
-        timeout_s: Seconds without a heartbeat after which a job is stale.
-        max_lost: Lost workers after which a job fails instead of being requeued.
-
-    Returns:
-        Ids of the jobs taken away from their worker.
-    """
-    engine = engine_of(engine_or_db)
-    with engine.begin() as connection:
-        now = db_now(connection)
-        cutoff = now - timedelta(seconds=timeout_s)
-        stale_condition = or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < cutoff)
-
-        def why(worker_id: str | None, heartbeat_at: Any) -> str:
-            silent = (
-                "ever"
-                if heartbeat_at is None
-                else f"for {(now - heartbeat_at).total_seconds():.0f} s"
-            )
-            return f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)"
-
-        # Re-checked in each UPDATE: a heartbeat that lands in between wins.
-        return _take_from_lost_workers(connection, now, stale_condition, why, max_lost)
-
-
-def requeue_gone_workers(db: Database, max_lost: int = MAX_WORKERS_LOST) -> list[int]:
-    """Record the stop of this host's workers whose process is gone, and requeue their jobs now.
-
-    A worker killed outright (``kill -9``, out of memory) records no stop; on its own
-    host that is known at once (``storage.workers.gone_workers``), without waiting for
-    its heartbeat to go stale. Its running jobs take the same way as in
-    ``requeue_stale``, and count as having lost a worker.
-
-    Returns:
-        Ids of the jobs taken away from the gone workers.
-    """
-    gone = [info.id for info in gone_workers(db)]
-    if not gone:
-        return []
-    with db.engine.begin() as connection:
-        now = db_now(connection)
-        connection.execute(
-            update(workers)
-            .where(workers.c.id.in_(gone), workers.c.stopped_at.is_(None))
-            .values(stopped_at=now, current_job_id=None)
-        )
-
-        def why(worker_id: str | None, _heartbeat_at: Any) -> str:
-            return f"worker {worker_id} is gone (its process ended without stopping)"
-
-        taken = _take_from_lost_workers(
-            connection, now, jobs.c.worker_id.in_(gone), why, max_lost
-        )
-    for worker_id in gone:
-        forget_lock(db, worker_id)
-    return taken
-
-
-def _take_from_lost_workers(
-    connection: Connection,
-    now: Any,
-    lost_condition: Any,
-    why: Any,
-    max_lost: int,
-) -> list[int]:
-    """Take running jobs matching ``lost_condition`` from their worker: the one transition.
-
-    Each becomes queued again, or paused or cancelled when that was asked for, or failed
-    once it has lost ``max_lost`` workers. ``why(worker_id, heartbeat_at)`` says in the
-    activity log what was lost.
-    """
-    lost_jobs = connection.execute(
-        select(
-            jobs.c.id,
-            jobs.c.experiment_id,
-            jobs.c.worker_id,
-            jobs.c.heartbeat_at,
-            jobs.c.requested,
-            jobs.c.workers_lost,
-        ).where(jobs.c.state == "running", lost_condition)
-    ).all()
-    taken: list[int] = []
-    for job_id, experiment_id, worker_id, heartbeat_at, requested, lost in lost_jobs:
-        lost += 1
-        again = "failed" if lost >= max_lost else "queued"
-        state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", again)
-        values: dict[str, Any] = {
-            "state": state,
-            "worker_id": None,
-            "requested": None,
-            "workers_lost": lost,
-        }
-        if state in ("cancelled", "failed"):
-            values["finished_at"] = now
-        if state == "failed":
-            values["eta_seconds"] = None
-            values["error"] = (
-                f"its worker stopped responding {lost} times while running it "
-                "(killed, out of memory or crashed?); see the worker logs"
-            )
-        result = connection.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.state == "running", lost_condition)
-            .where(jobs.c.worker_id == worker_id)
-            .values(**values)
-        )
-        if result.rowcount != 1:
-            continue
-        taken.append(job_id)
-        _release_worker(connection, job_id)
-        retrain_jobs_moved(connection, [job_id])
-        outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
-        log_event(
-            connection,
-            job_id,
-            experiment_id,
-            f"job {job_id} {outcome.get(state, state)}: {why(worker_id, heartbeat_at)}",
-            "error" if state == "failed" else "warning",
-        )
-    if taken:
-        cancel_orphans(connection)
-    return taken
-
-
 def latest_checkpoint(session: Session, job_id: int) -> Checkpoint | None:
     """The job's checkpoint with the highest step, to resume from; None if it has none."""
     query = (
@@ -609,7 +511,7 @@ def _worker_transition(
                 f"not {worker_id}"
             )
         raise refuse(job, action, "only running jobs can be")
-    _release_worker(session, job_id)
+    release_worker(session, job_id)
     retrain_jobs_moved(session, [job_id])
     return fresh_job(session, job_id)
 
@@ -630,7 +532,8 @@ def finish(session: Session, job_id: int, *, worker_id: str | None = None) -> Jo
         "finished_at": now_sql(session),
     }
     job = _worker_transition(session, job_id, worker_id, values, "finish")
-    log_event(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
+    if job.kind != "chunk":
+        log_event(session, job_id, job.experiment_id, f"job {job_id} ({job.kind}) done")
     return job
 
 
@@ -712,7 +615,7 @@ def requeue(session: Session, job_id: int, *, worker_id: str | None = None) -> J
                 )
             return requeue(session, job_id, worker_id=worker_id)
         raise refuse(job, "requeue", "only running jobs can be")
-    _release_worker(session, job_id)
+    release_worker(session, job_id)
     retrain_jobs_moved(session, [job_id])
     job = fresh_job(session, job_id)
     log_event(

@@ -68,6 +68,7 @@ class ScoreIn:
     method: str = "full"  # how it was measured: full, racing...
     checkpoint_id: int | None = None  # HyperNet checkpoint that generated the weights
     job_id: int | None = None  # the score or search job that measured it
+    rungs: Sequence[Sequence[float]] | None = None  # a racing survivor's (images, wrong, loss) per rung
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ def add_scores(session: Session, rows: Iterable[ScoreIn]) -> None:
                 "images": int(row.images),
                 "z_draws": int(row.z_draws),
                 "method": row.method,
+                "rungs": None if row.rungs is None else [[float(v) for v in rung] for rung in row.rungs],
                 "created_at": now,
             }
         )
@@ -373,7 +375,10 @@ def scored_hashes(
 
 
 def scores_by_hash(
-    session: Session, experiment_id: int, checkpoint_id: int | None
+    session: Session,
+    experiment_id: int,
+    checkpoint_id: int | None,
+    hashes: Iterable[str] | None = None,
 ) -> dict[str, Score]:
     """The newest score of each of the experiment's architectures against a checkpoint.
 
@@ -384,7 +389,19 @@ def scores_by_hash(
         session: The caller's session.
         experiment_id: The experiment.
         checkpoint_id: The checkpoint; None means scores recorded without one.
+        hashes: Only these architectures (a search's chunk); None reads them all.
     """
+    if hashes is not None:
+        found: dict[str, Score] = {}
+        for chunk in _chunks(sorted(set(hashes))):
+            found.update(_scores_by_hash(session, experiment_id, checkpoint_id, chunk))
+        return found
+    return _scores_by_hash(session, experiment_id, checkpoint_id, None)
+
+
+def _scores_by_hash(
+    session: Session, experiment_id: int, checkpoint_id: int | None, hashes: Sequence[str] | None
+) -> dict[str, Score]:
     query = (
         select(Architecture.hash, Score)
         .join(Score, Score.architecture_id == Architecture.id)
@@ -396,6 +413,8 @@ def scores_by_hash(
         )
         .order_by(Score.id)
     )
+    if hashes is not None:
+        query = query.where(Architecture.hash.in_(hashes))
     # Ascending ids: a newer score of the same architecture overwrites an older one.
     return {hash_: score for hash_, score in session.execute(query)}
 

@@ -15,6 +15,11 @@ that is gone (``gone_workers``). The lock, not the pid, is the test: a pid is re
 by later processes, and a process with the same host name may live in another PID
 namespace (a container), where this host cannot see it. A worker whose lock file is
 missing (another host, or another files folder) is judged by its heartbeat alone.
+
+The running jobs of a lost worker go back to the queue here too (``requeue_stale`` for
+a silent worker, ``requeue_gone_workers`` for one known dead), by the same transition
+as the queue's others: one conditional UPDATE per job, so a heartbeat that lands in
+between wins.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 try:
     import fcntl
@@ -38,9 +43,17 @@ except ImportError:  # Windows: no lock files; the heartbeat timeout decides the
 from storage.clock import db_now, engine_of, now_sql
 from storage.db import Database
 from storage.errors import NotFoundError
-from storage.models import Worker
+from storage.models import Job, Worker
+from storage.queue import (
+    MAX_WORKERS_LOST,
+    cancel_orphans,
+    log_event,
+    release_worker,
+    retrain_jobs_moved,
+)
 
 workers = Worker.__table__
+jobs = Job.__table__
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,14 @@ def worker_heartbeat(
         )
     if result.rowcount != 1:
         raise NotFoundError(f"no worker with id {worker_id}")
+
+
+def set_current_job(engine_or_db: Engine | Database, worker_id: str, job_id: int) -> None:
+    """Record the job a worker runs again (a search, after a chunk of it ran there)."""
+    with engine_of(engine_or_db).begin() as connection:
+        connection.execute(
+            update(workers).where(workers.c.id == worker_id).values(current_job_id=job_id)
+        )
 
 
 def stop_worker(engine_or_db: Engine | Database, worker_id: str) -> None:
@@ -280,3 +301,141 @@ def forget_lock(db: Database, worker_id: str) -> None:
         lock_path(db, worker_id).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+# --- jobs of lost workers ---
+
+
+def requeue_stale(
+    engine_or_db: Engine | Database, timeout_s: float, max_lost: int = MAX_WORKERS_LOST
+) -> list[int]:
+    """Put running jobs whose worker stopped sending heartbeats back in the queue.
+
+    A pending pause or cancel request is honoured instead (the job becomes
+    paused or cancelled). The next worker resumes from
+    ``latest_checkpoint``. A job that has now lost ``max_lost`` workers fails
+    (and the jobs that depend on it are cancelled).
+
+    Args:
+        engine_or_db: The database.
+        timeout_s: Seconds without a heartbeat after which a job is stale.
+        max_lost: Lost workers after which a job fails instead of being requeued.
+
+    Returns:
+        Ids of the jobs taken away from their worker.
+    """
+    engine = engine_of(engine_or_db)
+    with engine.begin() as connection:
+        now = db_now(connection)
+        cutoff = now - timedelta(seconds=timeout_s)
+        stale_condition = or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at < cutoff)
+
+        def why(worker_id: str | None, heartbeat_at: Any) -> str:
+            silent = (
+                "ever"
+                if heartbeat_at is None
+                else f"for {(now - heartbeat_at).total_seconds():.0f} s"
+            )
+            return f"no heartbeat from worker {worker_id} {silent} (timeout {timeout_s:g} s)"
+
+        # Re-checked in each UPDATE: a heartbeat that lands in between wins.
+        return take_from_lost_workers(connection, now, stale_condition, why, max_lost)
+
+
+def requeue_gone_workers(db: Database, max_lost: int = MAX_WORKERS_LOST) -> list[int]:
+    """Record the stop of this host's workers whose process is gone, and requeue their jobs now.
+
+    A worker killed outright (``kill -9``, out of memory) records no stop; on its own
+    host that is known at once (``gone_workers``), without waiting for
+    its heartbeat to go stale. Its running jobs take the same way as in
+    ``requeue_stale``, and count as having lost a worker.
+
+    Returns:
+        Ids of the jobs taken away from the gone workers.
+    """
+    gone = [info.id for info in gone_workers(db)]
+    if not gone:
+        return []
+    with db.engine.begin() as connection:
+        now = db_now(connection)
+        connection.execute(
+            update(workers)
+            .where(workers.c.id.in_(gone), workers.c.stopped_at.is_(None))
+            .values(stopped_at=now, current_job_id=None)
+        )
+
+        def why(worker_id: str | None, _heartbeat_at: Any) -> str:
+            return f"worker {worker_id} is gone (its process ended without stopping)"
+
+        taken = take_from_lost_workers(
+            connection, now, jobs.c.worker_id.in_(gone), why, max_lost
+        )
+    for worker_id in gone:
+        forget_lock(db, worker_id)
+    return taken
+
+
+def take_from_lost_workers(
+    connection: Connection,
+    now: Any,
+    lost_condition: Any,
+    why: Any,
+    max_lost: int,
+) -> list[int]:
+    """Take running jobs matching ``lost_condition`` from their worker: the one transition.
+
+    Each becomes queued again, or paused or cancelled when that was asked for, or failed
+    once it has lost ``max_lost`` workers. ``why(worker_id, heartbeat_at)`` says in the
+    activity log what was lost.
+    """
+    lost_jobs = connection.execute(
+        select(
+            jobs.c.id,
+            jobs.c.experiment_id,
+            jobs.c.worker_id,
+            jobs.c.heartbeat_at,
+            jobs.c.requested,
+            jobs.c.workers_lost,
+        ).where(jobs.c.state == "running", lost_condition)
+    ).all()
+    taken: list[int] = []
+    for job_id, experiment_id, worker_id, heartbeat_at, requested, lost in lost_jobs:
+        lost += 1
+        again = "failed" if lost >= max_lost else "queued"
+        state = {"cancel": "cancelled", "pause": "paused"}.get(requested or "", again)
+        values: dict[str, Any] = {
+            "state": state,
+            "worker_id": None,
+            "requested": None,
+            "workers_lost": lost,
+        }
+        if state in ("cancelled", "failed"):
+            values["finished_at"] = now
+        if state == "failed":
+            values["eta_seconds"] = None
+            values["error"] = (
+                f"its worker stopped responding {lost} times while running it "
+                "(killed, out of memory or crashed?); see the worker logs"
+            )
+        result = connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state == "running", lost_condition)
+            .where(jobs.c.worker_id == worker_id)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            continue
+        taken.append(job_id)
+        release_worker(connection, job_id)
+        retrain_jobs_moved(connection, [job_id])
+        outcome = {"queued": "requeued", "failed": f"failed after {lost} lost workers"}
+        log_event(
+            connection,
+            job_id,
+            experiment_id,
+            f"job {job_id} {outcome.get(state, state)}: {why(worker_id, heartbeat_at)}",
+            "error" if state == "failed" else "warning",
+        )
+    if taken:
+        cancel_orphans(connection)
+    return taken

@@ -64,10 +64,11 @@ def test_without_cuda_the_check_stops_at_once_with_one_line() -> None:
     assert len(output.splitlines()) == 1 and "no CUDA device" in output, output
 
 
-def test_the_ddp_step_is_a_marked_placeholder_until_its_entry_point_exists() -> None:
+def test_the_ddp_step_runs_the_smoke_test_on_two_gpus_and_says_when_it_skips() -> None:
     text = CHECK.read_text()
-    assert "skipped: DDP smoke test arrives with the scale-out work" in text
-    assert "torch.distributed.run --standalone --nproc_per_node 2" in text
+    assert "skipped: $gpus GPU visible, the DDP smoke test needs two" in text
+    assert 'torch.distributed.run --standalone --nproc_per_node 2 "$DDP_ENTRY"' in text
+    assert (CHECK.parent / "ddp_smoke.py").is_file()  # what DDP_ENTRY names
 
 
 def _block_absent(modules: list[str]) -> str:

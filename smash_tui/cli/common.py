@@ -314,18 +314,19 @@ DetachOption = Annotated[
 
 
 def detach(db: Database, *, device: str, threads: int | None, console: Console) -> int | None:
-    """Make sure a background worker will run the queued jobs; returns a launched pid.
+    """Make sure background workers will run the queued jobs (one per GPU on a GPU host).
 
     Returns:
-        The pid of a newly launched worker, or None when one was already alive.
+        The pid of the first newly launched worker, or None when one was already alive.
     """
-    from smash_tui.runner.launch import ensure_worker
+    from smash_tui.runner.launch import ensure_workers
 
-    launched = ensure_worker(db, device=device, threads=threads)
-    if launched is None:
+    launched = ensure_workers(db, device=device, threads=threads)
+    if not launched:
         console.print("a worker is alive for this database and will take the jobs")
         return None
-    console.print(
-        f"launched a background worker (pid {launched.pid}; output in {launched.output_path})"
-    )
-    return launched.pid
+    for worker in launched:
+        console.print(
+            f"launched a background worker (pid {worker.pid}; output in {worker.output_path})"
+        )
+    return launched[0].pid

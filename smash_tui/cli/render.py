@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -387,12 +387,15 @@ def experiments_table(experiments: Sequence[Experiment]) -> Table:
     return table
 
 
-def workers_table(workers: Sequence[WorkerInfo], local_gpus: Sequence[GpuStatus] = ()) -> Table:
+def workers_table(
+    workers: Sequence[WorkerInfo], local_gpus: Sequence[GpuStatus] = (), jobs: Mapping[int, str] | None = None
+) -> Table:
     """Alive workers on every host, for ``smash info``: device, GPU, memory, load, job.
 
     Args:
         workers: The alive workers.
         local_gpus: This host's GPUs, for a worker of this host that sent no GPU figures.
+        jobs: How each current job is shown (``storage.queries.job_labels``).
     """
     table = Table(box=box.SIMPLE_HEAD)
     for name in ("worker", "host", "device", "GPU", "memory", "busy", "job", "last heartbeat"):
@@ -406,6 +409,7 @@ def workers_table(workers: Sequence[WorkerInfo], local_gpus: Sequence[GpuStatus]
             else "-"
         )
         busy = f"{gpu.utilization_pct:.0f} %" if gpu is not None and gpu.utilization_pct is not None else "-"
+        job = worker.current_job_id
         table.add_row(
             worker.id,
             worker.host,
@@ -413,14 +417,16 @@ def workers_table(workers: Sequence[WorkerInfo], local_gpus: Sequence[GpuStatus]
             gpu.name if gpu is not None else "-",
             memory,
             busy,
-            str(worker.current_job_id or "-"),
+            "idle" if job is None else (jobs or {}).get(job, f"job {job}"),
             when(worker.heartbeat_at),
         )
     return table
 
 
-def worker_json(worker: WorkerInfo, local_gpus: Sequence[GpuStatus] = ()) -> dict[str, object]:
-    """An alive worker for ``smash info --json``: its row and its GPU's latest figures."""
+def worker_json(
+    worker: WorkerInfo, local_gpus: Sequence[GpuStatus] = (), jobs: Mapping[int, str] | None = None
+) -> dict[str, object]:
+    """An alive worker for ``smash info --json``: its row, its job's label and its GPU's latest figures."""
     gpu = worker_gpu(worker, list(local_gpus), socket.gethostname())
     return {
         "id": worker.id,
@@ -428,6 +434,7 @@ def worker_json(worker: WorkerInfo, local_gpus: Sequence[GpuStatus] = ()) -> dic
         "pid": worker.pid,
         "device": worker.device,
         "current_job_id": worker.current_job_id,
+        "job": None if worker.current_job_id is None else (jobs or {}).get(worker.current_job_id),
         "heartbeat_at": worker.heartbeat_at.isoformat(),
         "gpu": None
         if gpu is None

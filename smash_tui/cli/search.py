@@ -128,6 +128,10 @@ def search(
     search_batch: Annotated[
         int | None, typer.Option(help="Candidates scored together [default: 16, 64 racing].")
     ] = DEFAULT.search_batch,
+    chunk: Annotated[
+        int | None,
+        typer.Option(help="Candidates per chunk that workers share [default: 8, 16 racing]."),
+    ] = DEFAULT.chunk,
     score_images: ScoreImagesOption = DEFAULT.score_images,
     z_draws: Annotated[int, typer.Option(help="Random z draws averaged per score.")] = DEFAULT.z_draws,
     bn_recalibration: Annotated[

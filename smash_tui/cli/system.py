@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from typing import Any
 
@@ -14,8 +15,9 @@ from smash_tui.cli.common import DbOption, JsonOption, command, stdout
 from smash_tui.cli.render import worker_json, workers_table
 from smash_tui.gpus import gpu_status
 from smash_tui.runner.launch import ALIVE_WITHIN_S
-from storage.db import data_dir, open_database, redact_url, resolve_url
+from storage.db import FILES_ENV, data_dir, open_database, redact_url, resolve_url
 from storage.errors import StorageError
+from storage.queries import job_labels
 from storage.workers import alive_workers
 
 
@@ -32,11 +34,17 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         **device_report(),
     }
     workers = []
+    jobs: dict[int, str] = {}
     try:
         with open_database(url) as database:
             report["files_dir"] = str(database.files_dir)
+            report["files_setting"] = (
+                f"{FILES_ENV}" if os.environ.get(FILES_ENV) else f"{FILES_ENV} not set: the default"
+            )
             report["logs_dir"] = str(database.logs_dir)
             workers = alive_workers(database, ALIVE_WITHIN_S)
+            with database.session() as session:
+                jobs = job_labels(session, (worker.current_job_id for worker in workers))
             report["workers_alive"] = len(workers)
     except StorageError as exc:
         report["database_error"] = str(exc)
@@ -45,7 +53,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
     host = socket.gethostname()
     silent_here = any(w.device.startswith("cuda") and w.host == host and not w.gpu_reported for w in workers)
     local_gpus = gpu_status() if silent_here else []
-    report["workers"] = [worker_json(worker, local_gpus) for worker in workers]
+    report["workers"] = [worker_json(worker, local_gpus, jobs) for worker in workers]
     if json_:
         typer.echo(json.dumps(report))
     else:
@@ -57,7 +65,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
             ("smash", report["version"]),
             ("data folder", report["data_dir"]),
             ("database", report["database"]),
-            ("files", report.get("files_dir", "-")),
+            ("files", f"{report.get('files_dir', '-')} ({report.get('files_setting', '-')})"),
             ("logs", report.get("logs_dir", "-")),
             ("torch", report["torch"]),
             ("CUDA", f"{report['cuda_version'] or '-'} (available: {report['cuda_available']})"),
@@ -71,7 +79,7 @@ def info(json_: JsonOption = False, db: DbOption = None) -> None:
         out = stdout()
         out.print(table)
         if workers:
-            out.print(workers_table(workers, local_gpus))
+            out.print(workers_table(workers, local_gpus, jobs))
     if "database_error" in report:
         raise StorageError(report["database_error"])
 

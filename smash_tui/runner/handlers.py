@@ -14,20 +14,23 @@ import torch
 from sqlalchemy.orm import Session
 
 from engine.errors import ConfigError
-from engine.jobs import run_retrain_job, run_score_job, run_search_job, run_train
+from engine.fanout import Landed
+from engine.jobs import run_chunk_job, run_retrain_job, run_score_job, run_search_job, run_train
 from engine.kinds import kind_of
 from engine.params import (
+    ChunkParams,
     ExperimentSpec,
     RetrainParams,
     ScoreParams,
     SearchParams,
     TrainParams,
-    best_full_error,
+    is_full_score,
     score_method,
 )
 from engine.score import Score
+from smash_tui.runner.chunks import JobBoard
 from smash_tui.runner.reporter import JobContext
-from storage import queue, records
+from storage import chunks, queue, records
 from storage.db import Database
 from storage.models import Checkpoint, Experiment, Job
 
@@ -58,7 +61,10 @@ def train(
             saved = queue.latest_checkpoint(session, job.id)
         step = "an unrecorded step" if saved is None else f"step {saved.step}"
         context.event(f"resuming HyperNet training from its checkpoint at {step}")
-    finished = run_train(spec, params, context, device=device, checkpoint_path=path)
+    world = context.world
+    if world.size > 1:
+        context.event(f"training data-parallel on {world.size} processes ({device.type})")
+    finished = run_train(spec, params, context, device=device, checkpoint_path=path, world=world)
     if not finished:
         return None
 
@@ -86,19 +92,27 @@ def hypernet_checkpoint(session: Session, job: Job, experiment: Experiment) -> C
 def search(
     db: Database, device: torch.device, context: JobContext, job: Job, experiment: Experiment
 ) -> Finalizer | None:
+    """Coordinate a search: its batches go out as chunk jobs that any worker scores."""
     spec = experiment_spec(experiment)
     params = SearchParams.from_params(job.params)
     with db.session() as session:
         saved = hypernet_checkpoint(session, job, experiment)
         rows = records.scores_by_hash(session, experiment.id, saved.id)
     context.checkpoint_id = saved.id
+    survivor = score_method("full", params.score)  # a racing survivor's label
     known = {
-        hash_: Score(
-            error=row.error,
-            loss=math.nan if row.loss is None else row.loss,
-            images=row.images,
-            z_draws=row.z_draws,
-            method=row.method,
+        hash_: Landed(
+            Score(
+                error=row.error,
+                loss=math.nan if row.loss is None else row.loss,
+                images=row.images,
+                z_draws=row.z_draws,
+                method=row.method,
+            ),
+            # This search's survivors lead its next rounds again after a restart.
+            tuple((int(i), float(w), float(v)) for i, w, v in row.rungs)
+            if row.rungs and row.job_id == job.id and row.method == survivor
+            else None,
         )
         for hash_, row in rows.items()
     }
@@ -107,23 +121,35 @@ def search(
             f"resuming search: {len(known)} architectures already scored against "
             f"checkpoint {saved.id} are not scored again"
         )
-    # The best of a resumed search includes what it scored before it stopped.
-    context.best_error = best_full_error((s.method, s.error) for s in known.values())
-    finished = run_search_job(
-        spec,
-        params,
+    board = JobBoard(
         context,
-        device=device,
-        hypernet_path=Path(saved.path),
-        known=known,
+        checkpoint_id=saved.id,
+        budget=params.search.budget,
+        known={
+            hash_: (
+                row.error if is_full_score(row.method) else math.nan,
+                row.job_id == job.id,
+            )
+            for hash_, row in rows.items()
+        },
     )
+    finished = False
+    try:
+        finished = run_search_job(
+            spec, params, context, board=board, checkpoint_id=saved.id, device=device, known=known
+        )
+    finally:
+        if not finished:
+            board.stop(context.request)
     if not finished:
         return None
+    board.report(final=True)
+    with db.session() as session:
+        scored, _ = chunks.search_tally(session, job.id)
+    mine_before = sum(1 for row in rows.values() if row.job_id == job.id)
 
     def finalize(session: Session) -> None:
-        best = (
-            "" if math.isinf(context.best_error) else f"; best error {context.best_error:.2f}%"
-        )
+        best = "" if math.isinf(board.best_error) else f"; best error {board.best_error:.2f}%"
         # Cells the benchmark table lacks are stored without a truth: say how many.
         missing = (
             ""
@@ -132,12 +158,34 @@ def search(
         )
         records.add_event(
             session,
-            f"search done: {context.scored_count} architectures scored by this run "
+            f"search done: {scored - mine_before} architectures scored by this run "
             f"({len(known)} known before{missing}){best}",
             job_id=job.id,
         )
 
     return finalize
+
+
+def chunk(
+    db: Database, device: torch.device, context: JobContext, job: Job, experiment: Experiment
+) -> Finalizer | None:
+    """Score a chunk of a search (on whichever worker claimed it)."""
+    spec = experiment_spec(experiment)
+    params = ChunkParams.from_params(job.params)
+    with db.session() as session:
+        saved = records.get_checkpoint(session, params.checkpoint_id)
+        scored = set(records.scores_by_hash(session, experiment.id, saved.id, params.hashes))
+    context.checkpoint_id = saved.id
+    finished = run_chunk_job(
+        spec,
+        params,
+        context,
+        device=device,
+        hypernet_path=db.readable_file(saved.path, "HyperNet checkpoint"),
+        scored=scored,
+    )
+    return (lambda _session: None) if finished else None
+
 
 def score(
     db: Database, device: torch.device, context: JobContext, job: Job, experiment: Experiment
@@ -176,7 +224,7 @@ def score(
         params,
         context,
         device=device,
-        hypernet_path=Path(saved.path),
+        hypernet_path=db.readable_file(saved.path, "HyperNet checkpoint"),
         architectures=todo,
     )
     return (lambda _session: None) if finished else None
@@ -227,7 +275,7 @@ def retrain(
             test_acc=result.test_acc,
             best_val_acc=result.best_val_acc,
             curve=[dict(point) for point in result.curve],
-            weights_path=str(weights_path),
+            weights_path=db.stored_path(weights_path),
         )
         records.add_event(
             session,
@@ -242,6 +290,7 @@ def retrain(
 HANDLERS: dict[str, Handler] = {
     "train": train,
     "search": search,
+    "chunk": chunk,
     "score": score,
     "retrain": retrain,
 }

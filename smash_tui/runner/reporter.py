@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from engine.distributed import World
 from engine.jobs import ScoredArchitecture
 from engine.params import best_full_error
 from storage import queue, records
@@ -28,12 +29,17 @@ class JobContext:
     progress and hands back the user's requests.
     """
 
-    def __init__(self, worker: Worker, job: Job) -> None:
+    def __init__(self, worker: Worker, job: Job, parent: JobContext | None = None) -> None:
         self.worker = worker
         self.db = worker.db
         self.job_id = job.id
         self.kind = job.kind
         self.experiment_id = job.experiment_id
+        # A chunk run by its own search's worker (`Worker.run_nested`): it stops with the
+        # search, and tells the foreground observer nothing (the search reports for it).
+        self.parent = parent
+        # Scores are the search's: a chunk records them under its parent job.
+        self.score_job_id = job.parent_id if job.parent_id is not None else job.id
         self.checkpoint_id: int | None = None  # HyperNet checkpoint scores are recorded against
         self.retrain_id: int | None = None  # the retrain row of a retrain job
         self.scored_count = 0
@@ -65,12 +71,24 @@ class JobContext:
         with self._lock:
             return self._taken_away
 
+    @property
+    def world(self) -> World:
+        """The ranks this worker trains with (`smash worker --ddp`), or this process alone."""
+        return self.worker.world
+
+    @property
+    def request(self) -> str:
+        """The user's pending request for this job: none, pause or cancel."""
+        with self._lock:
+            return self._request
+
     # --- JobReporter ---
 
     def progress(self, fraction: float, text: str, eta_s: float | None = None) -> None:
         with self._lock:
             self._progress = (fraction, text, eta_s)
-        self.worker.notify("job_progress", self.job_id, fraction, text)
+        if self.parent is None:
+            self.worker.notify("job_progress", self.job_id, fraction, text)
 
     def metrics(self, step: int, values: Mapping[str, float]) -> None:
         self._metrics.extend(
@@ -99,7 +117,8 @@ class JobContext:
         # Points up to the checkpoint go in first, so a resumed run's curve has no gap.
         self.flush_metrics()
         with self.db.session() as session:
-            records.add_checkpoint(session, self.job_id, step, path, dict(metrics))
+            # Relative to the files root: hosts that mount it elsewhere find it too.
+            records.add_checkpoint(session, self.job_id, step, self.db.stored_path(path), dict(metrics))
             session.commit()
         log.info("job %d: checkpoint at step %d: %s", self.job_id, step, path)
 
@@ -133,7 +152,8 @@ class JobContext:
                         z_draws=item.z_draws,
                         method=item.method,
                         checkpoint_id=self.checkpoint_id,
-                        job_id=self.job_id,
+                        job_id=self.score_job_id,
+                        rungs=item.rungs,
                     )
                     for item in results
                 ],
@@ -148,4 +168,6 @@ class JobContext:
     def should_stop(self) -> bool:
         with self._lock:
             asked = self._taken_away or self._request != "none"
+        if self.parent is not None and self.parent.should_stop():
+            return True
         return asked or self.worker.stopping

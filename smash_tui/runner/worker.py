@@ -38,7 +38,15 @@ from sqlalchemy import select
 from engine.arch import InvalidArchitecture
 from engine.checkpoint import CheckpointError
 from engine.device import cuda_identity, resolve_device, set_threads, sticky_device_error
-from engine.errors import ConfigError, DatasetError, DeviceMemoryError, RetrainError, first_line
+from engine.distributed import SINGLE, World
+from engine.errors import (
+    ChunkError,
+    ConfigError,
+    DatasetError,
+    DeviceMemoryError,
+    RetrainError,
+    first_line,
+)
 from engine.space import InvalidSearchSpace
 from engine.train import TrainingDiverged
 from smash_tui import gpus
@@ -64,6 +72,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TrainingDiverged,
     RetrainError,
     StorageError,
+    ChunkError,
     DeviceMemoryError,
 )
 # `Worker.run`'s exit status when its device failed for good (a sticky CUDA error): its
@@ -99,10 +108,17 @@ class Worker:
     """
 
     def __init__(
-        self, db: Database, config: WorkerConfig = WorkerConfig(), observer: Any = None
+        self,
+        db: Database,
+        config: WorkerConfig = WorkerConfig(),
+        observer: Any = None,
+        world: World = SINGLE,
     ) -> None:
         self.db = db
         self.config = config
+        # The ranks of a `smash worker --ddp` launch; this worker is rank 0 and tells the
+        # others (`smash_tui.runner.ddp`) which job to train with it.
+        self.world = world
         self.observer: WorkerObserver | None = observer
         self.worker_id: str | None = None
         self.log_path: Path | None = None
@@ -111,7 +127,8 @@ class Worker:
         self._wake = threading.Event()
         self._heartbeat_stop = threading.Event()
         self._heartbeat_kick = threading.Event()
-        self._current: JobContext | None = None
+        # The running job, and a chunk of it that its search runs here (`run_nested`).
+        self._contexts: list[JobContext] = []
         self._device: torch.device | None = None
         self._gpu: workers.GpuIdentity | None = None  # its GPU, when it computes on one
         self._lock: workers.WorkerLock | None = None
@@ -179,8 +196,11 @@ class Worker:
         self._device = resolve_device(self.config.device)
         if self.config.threads is not None:
             set_threads(self.config.threads)
+        label = str(self._device)
+        if self.world.size > 1:
+            label += f" (ddp, {self.world.size} processes)"
         self._gpu = self._identify_gpu(self._device)
-        self.worker_id = workers.register_worker(self.db, device=str(self._device), gpu=self._gpu)
+        self.worker_id = workers.register_worker(self.db, device=label, gpu=self._gpu)
         # Held until the process ends: other processes on this host then know at once.
         self._lock = workers.hold_worker_lock(self.db, self.worker_id)
         handler = self._open_log()
@@ -201,6 +221,7 @@ class Worker:
                 job_id = queue.claim(
                     self.db, self.worker_id, kinds=self.config.kinds, job_ids=self.config.job_ids
                 )
+                self.world.broadcast_int(job_id or 0)  # the other ranks train it too (0: none)
                 if job_id is not None:
                     self.jobs_run += 1
                     self._run_job(job_id)
@@ -210,6 +231,7 @@ class Worker:
                 self._wake.wait(self.config.poll_s)
                 self._wake.clear()
         finally:
+            self.world.broadcast_int(-1)  # the other ranks leave
             self._heartbeat_stop.set()
             self._heartbeat_kick.set()
             heartbeat.join(timeout=30)
@@ -228,13 +250,13 @@ class Worker:
 
     def _take_from_lost_workers(self) -> None:
         """Requeue the jobs of workers that are gone: at once for this host's, else once stale."""
-        for job_id in queue.requeue_gone_workers(self.db):
+        for job_id in workers.requeue_gone_workers(self.db):
             log.warning(
                 "took job %d from a worker of this host whose process is gone "
                 "(its events say whether it was requeued or failed)",
                 job_id,
             )
-        for job_id in queue.requeue_stale(self.db, self.config.stale_after_s):
+        for job_id in workers.requeue_stale(self.db, self.config.stale_after_s):
             log.warning(
                 "took job %d from a worker that stopped sending heartbeats "
                 "(its events say whether it was requeued or failed)",
@@ -316,8 +338,7 @@ class Worker:
                 return
             try:
                 workers.worker_heartbeat(self.db, self.worker_id, gpu=self._gpu_reading())
-                context = self._current
-                if context is not None:
+                for context in list(self._contexts):
                     fraction, text, eta = context.pending_progress()
                     control = queue.heartbeat(
                         self.db,
@@ -327,7 +348,7 @@ class Worker:
                         progress_text=text,
                         eta=eta,
                     )
-                    if context is self._current:
+                    if context in self._contexts:
                         context.apply(control)
                 if time.monotonic() - last_stale_check >= stale_every:
                     last_stale_check = time.monotonic()
@@ -337,18 +358,37 @@ class Worker:
 
     # --- one job ---
 
-    def _run_job(self, job_id: int) -> None:
+    def run_nested(self, job_id: int, parent: JobContext) -> None:
+        """Run a chunk of the running search here, claimed by its coordinator while it waits.
+
+        The chunk has its own heartbeats and transitions (done, failed, requeued), stops
+        when the search stops, and tells the foreground observer nothing. Afterwards the
+        worker's current job is the search again.
+        """
+        self._run_job(job_id, parent)
+        assert self.worker_id is not None
+        try:
+            workers.set_current_job(self.db, self.worker_id, parent.job_id)
+        except StorageError:
+            log.warning("could not record job %d as current again", parent.job_id, exc_info=True)
+
+    def _tell(self, context: JobContext, method: str, *args: Any) -> None:
+        """Notify the observer of a job's own start and end (a nested chunk's stay unseen)."""
+        if context.parent is None:
+            self.notify(method, *args)
+
+    def _run_job(self, job_id: int, parent: JobContext | None = None) -> None:
         with self.db.session() as session:
             job = records.get_job(session, job_id)
             experiment = records.get_experiment(session, job.experiment_id)
             if experiment.status != "running":
                 records.set_experiment_status(session, experiment.id, "running")
             session.commit()
-        context = JobContext(self, job)
-        self._current = context
+        context = JobContext(self, job, parent)
+        self._contexts.append(context)
         self._heartbeat_kick.set()  # a pause asked for before the claim is seen at once
         log.info("job %d (%s) claimed, attempt %d", job.id, job.kind, job.attempts)
-        self.notify("job_started", job.id, job.kind, job.experiment_id)
+        self._tell(context, "job_started", job.id, job.kind, job.experiment_id)
         try:
             assert self._device is not None
             finalize = HANDLERS[job.kind](self.db, self._device, context, job, experiment)
@@ -356,7 +396,7 @@ class Worker:
             self._last_heartbeat(context)
             if finalize is None or context.taken_away:
                 state = self._stopped(context)
-                self.notify("job_ended", job.id, state, "")
+                self._tell(context, "job_ended", job.id, state, "")
             else:
                 self._finish(context, finalize)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job
@@ -369,8 +409,9 @@ class Worker:
             self._give_back(context)
             raise
         finally:
-            self._current = None
-            self._update_experiment_status(job.experiment_id)
+            self._contexts.remove(context)
+            if parent is None:
+                self._update_experiment_status(job.experiment_id)
 
     def _last_heartbeat(self, context: JobContext) -> None:
         """Write the job's final progress text, which the periodic heartbeat may not have sent."""
@@ -397,10 +438,10 @@ class Worker:
                 session.commit()
         except JobStateError as exc:
             log.warning("job %d: results not marked done: %s", context.job_id, exc)
-            self.notify("job_ended", context.job_id, "lost", str(exc))
+            self._tell(context, "job_ended", context.job_id, "lost", str(exc))
             return
         log.info("job %d (%s) done", context.job_id, context.kind)
-        self.notify("job_ended", context.job_id, "done", "")
+        self._tell(context, "job_ended", context.job_id, "done", "")
 
     def _stopped(self, context: JobContext) -> str:
         """Mark a job that stopped on request: paused, cancelled or back in the queue."""
@@ -448,7 +489,7 @@ class Worker:
                 session.commit()
         except Exception as error:  # noqa: BLE001 - a worker must outlive a job it cannot record
             log.warning("job %d: could not record its failure: %s", context.job_id, error)
-        self.notify("job_ended", context.job_id, "failed", message)
+        self._tell(context, "job_ended", context.job_id, "failed", message)
 
     def _device_failed(self, context: JobContext, exc: Exception) -> None:
         """A sticky CUDA error: the job goes back to the queue, not failed, and this worker ends.
@@ -483,7 +524,7 @@ class Worker:
                 session.commit()
         except Exception:  # noqa: BLE001 - the stale timeout requeues it otherwise
             log.warning("job %d: could not requeue it", context.job_id, exc_info=True)
-        self.notify("job_ended", context.job_id, state, self.device_failure)
+        self._tell(context, "job_ended", context.job_id, state, self.device_failure)
         self.stop()
 
     def _give_back(self, context: JobContext) -> None:

@@ -401,12 +401,14 @@ class SmashApp(App[None]):
                 ActionFailed(f"no worker is running and none could be started: {exc}")
             )
             return
-        self._launched.append(launched.pid)
-        self.post_message(
-            ActionDone(
-                f"no worker was running: started one (pid {launched.pid}, log {launched.log_path})"
-            )
+        self._launched += [launched.pid, *launched.others]
+        started = (
+            f"started {1 + len(launched.others)}, one per GPU (pids "
+            f"{', '.join(map(str, [launched.pid, *launched.others]))}, logs in {launched.log_path.parent})"
+            if launched.others
+            else f"started one (pid {launched.pid}, log {launched.log_path})"
         )
+        self.post_message(ActionDone(f"no worker was running: {started}"))
 
     def ask_export(self, architecture_id: int) -> None:
         """Ask for a folder and export an architecture there with `smash export`."""

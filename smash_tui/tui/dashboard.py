@@ -63,8 +63,29 @@ def job_cells(job: JobView, *, with_experiment: bool = False) -> list[str | Text
     return cells
 
 
-# Worker lines under the charts, at most (the rest are counted).
-WORKER_LINES = 4
+# Workers listed one a line under the status line; more are counted.
+WORKER_LINES = 8
+
+
+def worker_lines(data: DashboardData, gpus: list[GpuStatus]) -> Text:
+    """The alive workers on any host, one a line: where, its device and GPU, the job it runs."""
+    host = socket.gethostname()
+    text = Text()
+    shown = sorted(data.workers, key=lambda w: (w.host, w.device, w.pid))
+    for number, worker in enumerate(shown[:WORKER_LINES]):
+        if number:
+            text.append("\n")
+        text.append(f"{worker.host}:{worker.pid}", style="bold")
+        text.append(f" {worker.device}")
+        gpu = worker_gpu(worker, gpus, host)
+        if gpu is not None:
+            text.append(f" {gpu_text(gpu)}")
+        job = worker.current_job_id
+        label = "idle" if job is None else data.worker_jobs.get(job, f"job {job}")
+        text.append(f" · {label}", style="dim" if job is None else "")
+    if len(shown) > WORKER_LINES:
+        text.append(f"\n+{len(shown) - WORKER_LINES} more workers (smash info lists them)", style="dim")
+    return text
 
 
 class DashboardScreen(SmashScreen):
@@ -87,7 +108,7 @@ class DashboardScreen(SmashScreen):
     DashboardScreen DataTable { height: 1fr; }
     DashboardScreen #dash-charts { height: 3fr; min-height: 6; }
     DashboardScreen #dash-stats { height: 1; padding: 0 1; background: $boost; }
-    DashboardScreen #dash-workers { height: auto; max-height: 5; padding: 0 1; display: none; }
+    DashboardScreen #dash-workers { display: none; height: auto; max-height: 9; padding: 0 1; }
     DashboardScreen #dash-events { height: 1fr; min-height: 3; border-top: solid $panel-lighten-2; }
     DashboardScreen.-narrow #dash-charts { height: 1fr; }
     DashboardScreen.-narrow #dash-events { height: 2; min-height: 2; }
@@ -99,6 +120,7 @@ class DashboardScreen(SmashScreen):
         self._events_for: int | None = None
         self._placeholder = False
         self._data: DashboardData | None = None
+        self._workers_text: Text | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="dash-top"):
@@ -245,25 +267,13 @@ class DashboardScreen(SmashScreen):
         self.query_one("#dash-stats", StatusLine).text = text
 
     def _show_workers(self, data: DashboardData, gpus: list[GpuStatus]) -> None:
-        """One line per alive worker, on any host: where, its device and GPU, its job."""
+        """Every alive worker, one a line (hidden without any)."""
+        text = worker_lines(data, gpus)
+        if text == self._workers_text:
+            return  # an update lays the screen out again: only when the workers changed
+        self._workers_text = text
         pane = self.query_one("#dash-workers", Static)
         pane.display = bool(data.workers)
-        if not data.workers:
-            return
-        host = socket.gethostname()
-        text = Text()
-        for number, worker in enumerate(data.workers[:WORKER_LINES]):
-            if number:
-                text.append("\n")
-            text.append(f"{worker.host}:{worker.pid}", style="bold")
-            text.append(f" {worker.device}")
-            gpu = worker_gpu(worker, gpus, host)
-            if gpu is not None:
-                text.append(f" {gpu_text(gpu)}")
-            job = f" · job {worker.current_job_id}" if worker.current_job_id is not None else " · idle"
-            text.append(job, style="dim" if worker.current_job_id is None else "")
-        if len(data.workers) > WORKER_LINES:
-            text.append(f"\n+{len(data.workers) - WORKER_LINES} more workers (smash info lists them)", style="dim")
         pane.update(text)
 
     def _show_events(self, data: DashboardData) -> None:

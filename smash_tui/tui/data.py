@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +31,7 @@ from storage.queries import (
     PageCursor,
     architecture_detail,
     count_architectures,
+    job_labels,
     list_architectures,
     list_jobs,
     metric_series,
@@ -119,6 +120,7 @@ class DashboardData:
     workers: tuple[WorkerInfo, ...]  # workers alive now
     events: tuple[EventView, ...]  # its newest activity-log lines, oldest first
     marker: ChangeMarker | None = None  # the database's marker when this was read
+    worker_jobs: dict[int, str] = field(default_factory=dict)  # current job id -> how it is shown
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,10 @@ class Store:
                 and experiment_id is not None
             ):
                 jobs = tuple(_job_view(job) for job in list_jobs(session, experiment_id))
-                return replace(previous, jobs=jobs, workers=tuple(self.workers()))
+                workers = tuple(self.workers())
+                return replace(
+                    previous, jobs=jobs, workers=workers, worker_jobs=self._worker_jobs(session, workers)
+                )
             experiments = experiment_summaries(session)
             known = {summary.id for summary in experiments}
             if experiment_id not in known:
@@ -365,15 +370,22 @@ class Store:
                         session, experiment_id=experiment_id, limit=EVENT_LINES
                     )
                 ]
+            workers = tuple(self.workers())
+            worker_jobs = self._worker_jobs(session, workers)
         return DashboardData(
             experiments=tuple(experiments),
             experiment_id=experiment_id,
             jobs=tuple(jobs),
             curves=curves,
-            workers=tuple(self.workers()),
+            workers=workers,
             events=tuple(events),
             marker=marker,
+            worker_jobs=worker_jobs,
         )
+
+    @staticmethod
+    def _worker_jobs(session: Any, workers: Sequence[WorkerInfo]) -> dict[int, str]:
+        return job_labels(session, (worker.current_job_id for worker in workers))
 
     def proxy(self, experiment_id: int, truth: str | None = None) -> ProxyData:
         """SMASH error against one truth of the experiment, with tau and rho over every pair.

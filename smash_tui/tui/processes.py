@@ -52,23 +52,25 @@ def smash_command() -> list[str]:
 
 @dataclass(frozen=True)
 class Launched:
-    """A worker process the app started."""
+    """The worker processes the app started: one, or one per GPU on a GPU host."""
 
-    pid: int  # its process id
-    log_path: Path  # where its output goes
+    pid: int  # the first one's process id
+    log_path: Path  # where the first one's output goes
+    others: tuple[int, ...] = ()  # the process ids of the others
 
 
 def launch_worker(db: Database) -> Launched:
-    """Start `smash worker` for ``db`` detached (see ``smash_tui.runner.launch``): it outlives the app.
+    """Start `smash worker` for ``db`` detached, one per GPU on a GPU host (see
+    ``smash_tui.runner.launch``, which finds GPUs without torch): they outlive the app.
 
     Args:
-        db: The database the worker serves; its output goes under ``db.logs_dir``.
+        db: The database the workers serve; their output goes under ``db.logs_dir``.
     """
     # Imported here: it loads SQLAlchemy, which the app keeps off its start-up path.
     from smash_tui.runner import launch
 
-    launched = launch.launch_worker(db)
-    return Launched(launched.pid, launched.output_path)
+    first, *others = launch.host_workers(db)
+    return Launched(first.pid, first.output_path, tuple(worker.pid for worker in others))
 
 
 def run_smash(args: Sequence[str], db_url: str, *, timeout_s: float = COMMAND_TIMEOUT_S) -> str:

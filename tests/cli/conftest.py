@@ -64,11 +64,14 @@ def nb201_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 def _private_copy(run: DemoRun, tmp_path: Path) -> str:
-    """A private copy of a run's database (its checkpoint files stay shared, read-only)."""
+    """A private copy of a run's database with its checkpoints (recorded relative to its
+    files folder, so the copy needs its own)."""
     assert run.exit_code == 0, run.stderr
     path = tmp_path / "copy" / "smash.db"
     path.parent.mkdir()
     shutil.copyfile(run.path, path)
+    files = run.path.parent / "smash-files" / "checkpoints"
+    shutil.copytree(files, path.parent / "smash-files" / "checkpoints")
     return normalize_url(str(path))
 
 

@@ -27,8 +27,6 @@ from storage.queue import (
     mark_cancelled,
     mark_paused,
     requeue,
-    requeue_gone_workers,
-    requeue_stale,
 )
 from storage.records import (
     ArchitectureIn,
@@ -43,6 +41,8 @@ from storage.workers import (
     hold_worker_lock,
     lock_path,
     register_worker,
+    requeue_gone_workers,
+    requeue_stale,
     stop_worker,
     worker_heartbeat,
 )
