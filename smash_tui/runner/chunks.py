@@ -21,6 +21,7 @@ from engine.score import Score
 from smash_tui.runner.reporter import JobContext
 from storage import chunks, queue, records
 from storage.chunks import ChunkInfo
+from storage.models import Score as StoredScore
 
 log = logging.getLogger("smash.worker")
 
@@ -29,6 +30,25 @@ GATHER_POLL_S = 0.2
 # Seconds between progress reports while waiting.
 PROGRESS_EVERY_S = 1.0
 
+
+
+def landed(row: StoredScore, search_id: int, survivor: str | None = None) -> Landed:
+    """A stored score as the fan-out knows it, with its rung sums when it survived one of
+    this search's races (such survivors lead the search's next races).
+
+    `survivor`: the method a racing survivor's score has (None: any method).
+    """
+    rungs = None
+    if row.rungs and row.job_id == search_id and (survivor is None or row.method == survivor):
+        rungs = tuple((int(i), float(w), float(v)) for i, w, v in row.rungs)
+    score = Score(
+        error=row.error,
+        loss=math.nan if row.loss is None else row.loss,
+        images=row.images,
+        z_draws=row.z_draws,
+        method=row.method,
+    )
+    return Landed(score, rungs)
 
 class JobBoard:
     """The chunks of one search job (see the module docstring).
@@ -154,21 +174,7 @@ class JobBoard:
             return {}
         with self.db.session() as session:
             rows = records.scores_by_hash(session, self.experiment_id, self.checkpoint_id, hashes)
-        return {
-            hash_: Landed(
-                Score(
-                    error=row.error,
-                    loss=math.nan if row.loss is None else row.loss,
-                    images=row.images,
-                    z_draws=row.z_draws,
-                    method=row.method,
-                ),
-                None
-                if row.rungs is None or row.job_id != self.search_id
-                else tuple((int(i), float(w), float(s)) for i, w, s in row.rungs),
-            )
-            for hash_, row in rows.items()
-        }
+        return {hash_: landed(row, self.search_id) for hash_, row in rows.items()}
 
     def _check(self, waiting: Sequence[str], states: Mapping[int, tuple[str, str | None]]) -> None:
         """Raise for a chunk that failed; queue again one that stopped without the search."""

@@ -14,7 +14,6 @@ import torch
 from sqlalchemy.orm import Session
 
 from engine.errors import ConfigError
-from engine.fanout import Landed
 from engine.jobs import run_chunk_job, run_retrain_job, run_score_job, run_search_job, run_train
 from engine.kinds import kind_of
 from engine.params import (
@@ -27,8 +26,7 @@ from engine.params import (
     is_full_score,
     score_method,
 )
-from engine.score import Score
-from smash_tui.runner.chunks import JobBoard
+from smash_tui.runner.chunks import JobBoard, landed
 from smash_tui.runner.reporter import JobContext
 from storage import chunks, queue, records
 from storage.db import Database
@@ -100,22 +98,8 @@ def search(
         rows = records.scores_by_hash(session, experiment.id, saved.id)
     context.checkpoint_id = saved.id
     survivor = score_method("full", params.score)  # a racing survivor's label
-    known = {
-        hash_: Landed(
-            Score(
-                error=row.error,
-                loss=math.nan if row.loss is None else row.loss,
-                images=row.images,
-                z_draws=row.z_draws,
-                method=row.method,
-            ),
-            # This search's survivors lead its next rounds again after a restart.
-            tuple((int(i), float(w), float(v)) for i, w, v in row.rungs)
-            if row.rungs and row.job_id == job.id and row.method == survivor
-            else None,
-        )
-        for hash_, row in rows.items()
-    }
+    # This search's survivors lead its next rounds again after a restart.
+    known = {hash_: landed(row, job.id, survivor) for hash_, row in rows.items()}
     if known:
         context.event(
             f"resuming search: {len(known)} architectures already scored against "

@@ -339,15 +339,7 @@ class Worker:
             try:
                 workers.worker_heartbeat(self.db, self.worker_id, gpu=self._gpu_reading())
                 for context in list(self._contexts):
-                    fraction, text, eta = context.pending_progress()
-                    control = queue.heartbeat(
-                        self.db,
-                        context.job_id,
-                        self.worker_id,
-                        progress=fraction,
-                        progress_text=text,
-                        eta=eta,
-                    )
+                    control = self._send_progress(context)
                     if context in self._contexts:
                         context.apply(control)
                 if time.monotonic() - last_stale_check >= stale_every:
@@ -416,18 +408,14 @@ class Worker:
     def _last_heartbeat(self, context: JobContext) -> None:
         """Write the job's final progress text, which the periodic heartbeat may not have sent."""
         assert self.worker_id is not None
+        if context.pending_progress()[1] is not None:
+            context.apply(self._send_progress(context))
+
+    def _send_progress(self, context: JobContext) -> queue.Control:
+        """One job heartbeat with the job's latest progress; returns what the user asked of it."""
+        assert self.worker_id is not None
         fraction, text, eta = context.pending_progress()
-        if text is not None:
-            context.apply(
-                queue.heartbeat(
-                    self.db,
-                    context.job_id,
-                    self.worker_id,
-                    progress=fraction,
-                    progress_text=text,
-                    eta=eta,
-                )
-            )
+        return queue.heartbeat(self.db, context.job_id, self.worker_id, progress=fraction, progress_text=text, eta=eta)
 
     def _finish(self, context: JobContext, finalize: Finalizer) -> None:
         assert self.worker_id is not None
