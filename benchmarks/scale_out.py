@@ -17,7 +17,9 @@ each on B/2, against one process on B; steps and images per second of both, and 
 largest weight difference after the same steps.
 
 A 2-core machine has 2 cores for 2 workers only when nothing else runs: the load
-average at the start is recorded beside the figures.
+average at the start is recorded beside the figures, and so is how many cores the
+workers had on average while scoring (their CPU seconds over the wall time, from
+/proc): two workers that had one core between them cannot be twice as fast.
 
     python benchmarks/scale_out.py --archs 60 --out scale_out.json
 """
@@ -99,6 +101,15 @@ def _copy(source: Path, target: Path) -> str:
     return normalize_url(str(target))
 
 
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds a process has used (Linux /proc), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _score_with(url: str, search_id: int, workers: int, logs: Path) -> dict[str, Any]:
     """Resume the search once `workers` worker processes are up; time it to its end."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -114,6 +125,7 @@ def _score_with(url: str, search_id: int, workers: int, logs: Path) -> dict[str,
             if time.monotonic() > deadline:
                 raise SystemExit(f"{workers} workers did not start; see {logs}")
             time.sleep(0.1)
+        idle_cpu = [_cpu_s(p.pid) for p in processes]
         with db.session() as session:
             resume(session, search_id)
             session.commit()
@@ -125,6 +137,9 @@ def _score_with(url: str, search_id: int, workers: int, logs: Path) -> dict[str,
                 break
             time.sleep(0.05)
         wall = time.perf_counter() - start
+        # CPU the workers got while scoring: on a busy machine two workers may share one core.
+        used = [_cpu_s(p.pid) for p in processes]
+        cpu = None if None in used or None in idle_cpu else sum(used) - sum(idle_cpu)  # type: ignore[arg-type]
         if state != "done":
             raise SystemExit(f"the search ended {state}; see {logs}")
         with db.session() as session:
@@ -149,6 +164,8 @@ def _score_with(url: str, search_id: int, workers: int, logs: Path) -> dict[str,
         "wall_s": wall,
         "archs_per_min": 60.0 * len(rows) / wall,
         "gflop_per_s": flops / wall / 1e9,
+        "worker_cpu_s": cpu,  # CPU seconds of the workers between the search's start and end
+        "cores_busy": None if cpu is None else cpu / wall,  # how many cores the workers had on average
         "workers_that_scored_chunks": int(chunk_workers or 0),
         "scores": sorted((h, e) for h, _, _, e in rows),
     }
@@ -203,7 +220,8 @@ def main() -> None:
         same = runs[1]["scores"] == runs[2]["scores"]
         for run in runs.values():
             print(f"  {run['workers']} worker(s): {run['wall_s']:.1f} s wall, {run['archs_per_min']:.1f} archs/min, "
-                  f"{run['gflop_per_s']:.2f} GFLOP/s, chunks scored by {run['workers_that_scored_chunks']}")  # fmt: skip
+                  f"{run['gflop_per_s']:.2f} GFLOP/s, {run['cores_busy'] or float('nan'):.2f} cores busy, "
+                  f"chunks scored by {run['workers_that_scored_chunks']}")  # fmt: skip
             run.pop("scores")
         speedup = runs[2]["archs_per_min"] / runs[1]["archs_per_min"]
         print(f"  speed-up {speedup:.2f}x; the same scores stored: {same}")

@@ -231,7 +231,9 @@ def test_a_corrupt_hypernet_checkpoint_is_a_one_line_error(demo_db: str, tmp_pat
     path = sqlite_path(demo_db)
     assert path is not None
     connection = sqlite3.connect(path)
-    (original,) = connection.execute("SELECT path FROM checkpoints").fetchone()
+    (stored,) = connection.execute("SELECT path FROM checkpoints").fetchone()
+    with open_database(demo_db) as db:
+        original = db.files_dir / stored  # recorded relative to the files root
     corrupt = tmp_path / "corrupt.pt"
     shutil.copyfile(original, corrupt)
     corrupt.write_bytes(corrupt.read_bytes()[:300])  # a truncated file
