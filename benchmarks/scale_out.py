@@ -53,7 +53,7 @@ from storage.models import Architecture, Job, Score  # noqa: E402
 from storage.workers import alive_workers  # noqa: E402
 
 SMASH = [sys.executable, "-c", "from smash_tui.cli import main; main()"]
-DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "cifar10-subset"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"  # ../shared beside the checkout
 
 
 def _trained(url: str, args: argparse.Namespace) -> int:
