@@ -357,6 +357,7 @@ def run_search_job(
     Raises:
         ChunkError: A chunk failed (e.g. a worker could not read the checkpoint).
     """
+    _truth(spec, reporter)  # said once, by the search; its chunks read the table quietly
     scorer = FannedOut(
         params,
         board,
