@@ -213,6 +213,7 @@ def score(
     )
     return (lambda _session: None) if finished else None
 
+
 def retrain(
     db: Database, device: torch.device, context: JobContext, job: Job, experiment: Experiment
 ) -> Finalizer | None:
