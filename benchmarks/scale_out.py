@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from engine.params import SearchRequest  # noqa: E402
+from engine.plans import SearchRequest  # noqa: E402
 from smash_tui.cli.search import create_search  # noqa: E402
 from smash_tui.runner.worker import Worker, WorkerConfig  # noqa: E402
 from storage.control import request_pause, resume  # noqa: E402

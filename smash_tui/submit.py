@@ -19,15 +19,8 @@ from sqlalchemy.orm import Session
 
 from engine.config import ScoreConfig
 from engine.errors import ConfigError, DatasetError
-from engine.params import (
-    ExperimentSpec,
-    ScoreParams,
-    SearchPlan,
-    SearchRequest,
-    config_from_dict,
-    config_to_dict,
-    plan_retrain,
-)
+from engine.params import ExperimentSpec, ScoreParams, config_from_dict, config_to_dict
+from engine.plans import SearchPlan, SearchRequest, plan_retrain
 from engine.probe import DataShape, check_searchable, probe_dataset
 from storage.db import Database
 from storage.errors import StorageError
@@ -62,7 +55,7 @@ def queue_search(db: Database, request: SearchRequest, plan: SearchPlan, shape: 
     Args:
         db: The open database.
         request: What the user asked for (its name, preset and data set are stored).
-        plan: `engine.params.plan_search(request)`.
+        plan: `engine.plans.plan_search(request)`.
         shape: The data set's shape (`engine.probe.probe_dataset`), stored on the experiment.
 
     Raises:

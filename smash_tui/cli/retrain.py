@@ -13,7 +13,8 @@ import typer
 from sqlalchemy import select
 
 from engine.config import RetrainConfig, ScoreConfig
-from engine.params import check_int, config_from_dict, parse_id, plan_retrain
+from engine.params import check_int, config_from_dict, parse_id
+from engine.plans import plan_retrain
 from smash_tui.cli.common import (
     EXIT_USAGE,
     DbOption,

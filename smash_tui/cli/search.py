@@ -1,6 +1,6 @@
 """``smash search`` and ``smash demo``: create an experiment, train its HyperNet, search.
 
-Every option's default is the engine's (``engine.params.SearchRequest``, whose fields
+Every option's default is the engine's (``engine.plans.SearchRequest``, whose fields
 read their defaults off the engine configs); a test fails if one drifts. Settings are
 checked before the database or the data set is touched, the data set's shape is read
 from its headers (``engine.probe``), then the experiment and its jobs are written in
@@ -19,13 +19,12 @@ from rich.text import Text
 from sqlalchemy import select
 
 from engine.config import HYPERNET_SIZES, STRATEGIES
-from engine.params import (
+from engine.params import check_int, config_to_dict
+from engine.plans import (
     DEMO_RETRAIN,
     DEMO_SEARCH,
     DEMO_TOP,
     SearchRequest,
-    check_int,
-    config_to_dict,
     plan_retrain,
     plan_search,
 )

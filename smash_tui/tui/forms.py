@@ -1,6 +1,6 @@
 """What the app's forms ask for: defaults and rules are the engine's (no Textual, no database).
 
-The defaults are the engine's (``engine.params.SearchRequest``, ``engine.config``) and
+The defaults are the engine's (``engine.plans.SearchRequest``, ``engine.config``) and
 so are the rules (``plan_search``, ``plan_retrain``): the command line and the app
 cannot disagree on what a setting may be. All of it is torch-free.
 """
@@ -13,7 +13,8 @@ from typing import Any
 
 from engine.config import RetrainConfig, ScoreConfig
 from engine.errors import ConfigError
-from engine.params import SearchRequest, config_from_dict, plan_retrain, plan_search
+from engine.params import config_from_dict
+from engine.plans import SearchRequest, plan_retrain, plan_search
 
 
 class FormError(ValueError):
@@ -92,7 +93,7 @@ def _form_error(error: ConfigError, fields: dict[str, str]) -> FormError:
 def parse_retrain(
     epochs: str, batch_size: str, lr: str, *, train_images: int | None = None
 ) -> RetrainSettings:
-    """Validate the retrain dialog with the engine's rules (`engine.params.plan_retrain`).
+    """Validate the retrain dialog with the engine's rules (`engine.plans.plan_retrain`).
 
     Args:
         train_images: The experiment's training split, when known: one batch must fit,
@@ -209,7 +210,7 @@ def parse_search(
     truth: str = "",
     truth_column: str | None = None,
 ) -> SearchSettings:
-    """Validate the new-search form with the engine's rules (`engine.params.plan_search`).
+    """Validate the new-search form with the engine's rules (`engine.plans.plan_search`).
 
     Paths must exist (``~`` is expanded); they are made absolute, since the worker that
     loads them may run in another directory. A benchmark table is read and checked

@@ -194,7 +194,7 @@ def test_a_bad_truth_table_is_one_line_and_changes_nothing(
 def test_a_good_truth_table_passes_the_same_checks(tmp_path: Path) -> None:
     """The control of the cases above: the benchmark's layout, every cell, is accepted;
     so is a table a spreadsheet saved (a byte-order mark, CRLF line ends, columns reordered)."""
-    from engine.params import SearchRequest, plan_search
+    from engine.plans import SearchRequest, plan_search
     from engine.truth import TruthConfig, load_truth
 
     table = write_truth_table(tmp_path / "table.csv")

@@ -24,7 +24,8 @@ import pytest
 from sqlalchemy import select
 
 from engine.config import RaceConfig
-from engine.params import SearchParams, SearchRequest, is_full_score
+from engine.params import SearchParams, is_full_score
+from engine.plans import SearchRequest
 from engine.score import Score, rank_key
 from smash_tui.cli.search import create_search
 from smash_tui.runner.worker import Worker, WorkerConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from engine.params import SearchRequest
+from engine.plans import SearchRequest
 from engine.spaces import PRESETS
 from smash_tui.cli.search import create_search
 from smash_tui.runner.launch import ALIVE_WITHIN_S

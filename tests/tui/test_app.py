@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, Static
 
 from engine.config import RetrainConfig, ScoreConfig
-from engine.params import SearchRequest
+from engine.plans import SearchRequest
 from smash_tui.tui.app import SCREENS, SmashApp, screen_class
 from smash_tui.tui.architectures import GRID_COLUMNS, ArchitecturesScreen
 from smash_tui.tui.dashboard import DashboardScreen

@@ -1,7 +1,7 @@
 """One home per default: the command line, the app's forms and the job JSON agree with the engine.
 
 Every default lives in an engine config (`engine.config`, read through
-`engine.params.SearchRequest`); these tests read what a user actually sees (`--help`
+`engine.plans.SearchRequest`); these tests read what a user actually sees (`--help`
 defaults through click, the values the app's dialogs open with through the pilot)
 and fail when one of them drifts from the engine's.
 """
@@ -15,7 +15,7 @@ import typer
 from textual.widgets import Input, Select
 
 from engine.config import RaceConfig, RetrainConfig, ScoreConfig, SearchConfig, TrainConfig
-from engine.params import DEMO_RETRAIN, DEMO_SEARCH, DEMO_TOP, SearchRequest, plan_search
+from engine.plans import DEMO_RETRAIN, DEMO_SEARCH, DEMO_TOP, SearchRequest, plan_search
 from engine.spaces import PRESETS
 from smash_tui.cli import app as cli_app
 from smash_tui.runner.config import WorkerConfig
