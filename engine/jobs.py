@@ -30,6 +30,7 @@ from engine.events import CheckpointSaved, TrainEval, TrainProgress
 from engine.fanout import ChunkBoard, ChunkStopped, FannedOut, Landed, as_leader
 from engine.kinds import Arch, DerivedModule, kind_of
 from engine.params import (
+    COMMIT_EVERY,
     ChunkParams,
     ExperimentSpec,
     RetrainParams,
@@ -40,10 +41,17 @@ from engine.params import (
     score_method,
 )
 from engine.retrain import RetrainEpoch, RetrainResult, retrain
-from engine.score import Score, Scorer, bn_recalibrated, recalibration_batches, z_generator
+from engine.score import (
+    Score,
+    Scorer,
+    bn_recalibrated,
+    recalibration_batches,
+    scoring_batch_size,
+    z_generator,
+)
 from engine.search import run_search
 from engine.train import build_smash, load_smash, train_hypernet
-from engine.truth import TruthTable, load_truth
+from engine.truth import TruthConfig, TruthTable, load_truth
 
 # Seconds after which buffered scores are handed over even if fewer than commit_every.
 SCORE_FLUSH_S = 5.0
@@ -311,19 +319,31 @@ def _build_scorer(
     return Scorer(net, val, config, train=train, first_rung=first_rung)
 
 
+_truth_tables: dict[tuple[object, ...], TruthTable] = {}
+
+
+def _load_truth_once(config: TruthConfig) -> TruthTable:
+    """The table, parsed once per worker process while its file is unchanged.
+
+    Every chunk of a search reads it; parsing 15,625 rows per chunk would cost a
+    chunk's share of seconds.
+    """
+    stat = Path(config.path).stat()
+    key = (config, stat.st_mtime_ns, stat.st_size)
+    if key not in _truth_tables:
+        _truth_tables.clear()  # one table at a time: a worker serves one experiment after another
+        _truth_tables[key] = load_truth(config)
+    return _truth_tables[key]
+
+
 def _truth(spec: ExperimentSpec, reporter: JobReporter, *, quiet: bool = False) -> TruthTable | None:
     """The experiment's benchmark table, read once per job (None without one)."""
     if spec.truth is None:
         return None
-    table = load_truth(spec.truth)
+    table = _load_truth_once(spec.truth)
     if not quiet:  # a chunk is part of a search, which said it already
         reporter.event(f"benchmark truth: {spec.truth.label} ({len(table.by_class)} classes of cells)")
     return table
-
-
-def scoring_batch_size(config: ScoreConfig, device: torch.device) -> int:
-    """Images per forward pass of a Scorer with this config on this device (`Scorer`'s rule)."""
-    return config.batch_size or (1000 if device.type == "cuda" else 200)
 
 
 def run_search_job(
@@ -484,7 +504,7 @@ def run_score_job(
     """
     scorer = _scorer(spec, params.score, device, hypernet_path, reporter)
     truth = _truth(spec, reporter)
-    buffer = _ScoreBuffer(reporter, 8)
+    buffer = _ScoreBuffer(reporter, COMMIT_EVERY)
     try:
         for index, arch in enumerate(architectures):
             if reporter.should_stop():

@@ -188,7 +188,7 @@ class BanksKind:
         return SmashNet(space, num_classes=num_classes, in_channels=in_channels, hypernet=hypernet)
 
     def smash_from_meta(self, meta: Mapping[str, Any]) -> SmashNet:
-        hypernet = HyperNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["hypernet"].items()})
+        hypernet = spaces.hypernet_from_meta(meta)
         space = SearchSpace.from_dict(meta["space"])
         return self.build_smash(space, meta["num_classes"], meta["in_channels"], hypernet)
 

@@ -29,6 +29,9 @@ from engine.config import (
     TrainConfig,
 )
 from engine.errors import ConfigError, DatasetError
+from engine.nb201.space import (
+    KIND as NB201_KIND,  # the kind that benchmark tables and weight sharing serve
+)
 from engine.params import (
     COMMIT_EVERY,
     WEIGHT_MODES,
@@ -45,7 +48,6 @@ from engine.spaces import Space, get_preset
 from engine.truth import TRUTH_COLUMNS, TruthConfig, column_for, load_truth
 
 _Config = TypeVar("_Config")
-NB201_KIND = "nb201"  # the kind that benchmark tables and weight sharing serve
 
 
 

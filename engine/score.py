@@ -162,6 +162,15 @@ def bn_recalibrated(
             n.momentum = momentum
 
 
+
+def scoring_batch_size(config: ScoreConfig, device: torch.device) -> int:
+    """Images per forward pass of a Scorer with this config on this device.
+
+    200 on a CPU, where smaller activations stay in cache; 1000 on CUDA. A search fixes
+    every chunk's batch with it, so that any worker scores as the search would.
+    """
+    return config.batch_size or (1000 if device.type == "cuda" else 200)
+
 class Scorer:
     """Scores architectures of one SMASH network on one validation split.
 
@@ -204,7 +213,7 @@ class Scorer:
         self.net = net
         self.config = config
         self.device = module_device(net)
-        self.batch_size = config.batch_size or (1000 if self.device.type == "cuda" else 200)
+        self.batch_size = scoring_batch_size(config, self.device)
         self.num_images = min(config.images or len(val), len(val))
         self.first_rung = first_rung
         self.on_batch_halved = on_batch_halved

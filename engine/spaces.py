@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from engine.config import HyperNetConfig
 from engine.nb201.space import PRESETS as NB201_PRESETS
-from engine.nb201.space import CellSpace, InvalidCellSpace
+from engine.nb201.space import CellSpace
 from engine.space import KIND as BANKS
 from engine.space import PRESETS as BANKS_PRESETS
 from engine.space import InvalidSearchSpace, SearchSpace
@@ -46,15 +47,7 @@ def space_from_dict(data: Mapping[str, Any]) -> Space:
     kind = data.get("kind", BANKS)
     if kind not in SPACE_TYPES:
         raise InvalidSearchSpace(f"unknown search-space kind {kind!r} (known: {', '.join(SPACE_TYPES)})")
-    try:
-        return SPACE_TYPES[kind].from_dict(dict(data))  # type: ignore[attr-defined]
-    except InvalidCellSpace as exc:
-        raise InvalidSearchSpace(str(exc)) from None
-
-
-def kind_name(space: Space) -> str:
-    """The kind of a space value ("banks" or "nb201")."""
-    return str(space.kind)
+    return SPACE_TYPES[kind].from_dict(dict(data))  # type: ignore[attr-defined]  # InvalidCellSpace is an InvalidSearchSpace
 
 
 def network_meta(space: Space, num_classes: int, in_channels: int, hypernet: Any, **extra: Any) -> dict[str, Any]:
@@ -72,4 +65,9 @@ def network_meta(space: Space, num_classes: int, in_channels: int, hypernet: Any
     }
 
 
-__all__ = ["PRESETS", "SPACE_TYPES", "Space", "get_preset", "kind_name", "network_meta", "space_from_dict"]
+def hypernet_from_meta(meta: Mapping[str, Any]) -> HyperNetConfig:
+    """The HyperNet config `network_meta` stored (JSON lists back to tuples)."""
+    return HyperNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["hypernet"].items()})
+
+
+__all__ = ["PRESETS", "SPACE_TYPES", "Space", "get_preset", "hypernet_from_meta", "network_meta", "space_from_dict"]

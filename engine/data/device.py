@@ -212,8 +212,8 @@ class DeviceImages:
         channels_last: bool,
         dtype: torch.dtype,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order_on_device = self._upload(order) if order is not None else None
-        moves = self._upload(moves) if moves is not None else None
+        order_on_device = self.upload(order) if order is not None else None
+        moves = self.upload(moves) if moves is not None else None
         layout = torch.channels_last if channels_last else torch.contiguous_format
         for batch in range(start_batch, total):
             start, stop = batch * batch_size, min((batch + 1) * batch_size, len(self))
@@ -261,18 +261,14 @@ class DeviceImages:
         """The labels at positions already on the device."""
         return self._labels[on_device]
 
-    def upload(self, values: torch.Tensor) -> torch.Tensor:
-        """CPU values (positions, augmentation moves) copied to the device without a host sync."""
-        return self._upload(values)
-
     def _normalise(self, images: torch.Tensor, layout: torch.memory_format, dtype: torch.dtype) -> torch.Tensor:
         """uint8 images to normalised floats: (x / 255 - mean) / std, computed as x * scale + shift."""
         x = images.to(torch.float32, memory_format=layout)
         x.mul_(self._scale).add_(self._shift)
         return x.to(dtype)
 
-    def _upload(self, values: torch.Tensor) -> torch.Tensor:
-        """Copies per-epoch CPU values to the device without waiting for queued GPU work."""
+    def upload(self, values: torch.Tensor) -> torch.Tensor:
+        """CPU values (positions, augmentation moves) copied to the device without a host sync."""
         if self.device.type != "cuda":
             return values.to(self.device)
         # From pageable memory the copy would block until the GPU has finished the

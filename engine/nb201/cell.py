@@ -274,8 +274,12 @@ def all_cells() -> tuple[Cell, ...]:
     return _all_cells()
 
 
+@cache
 def canonical_representatives() -> tuple[Cell, ...]:
-    """One cell per class (6,466): the first of `all_cells()` with each hash, in that order."""
+    """One cell per class (6,466): the first of `all_cells()` with each hash, in that order.
+
+    Cached: the sampler draws from it at every training step.
+    """
     return tuple(dict.fromkeys(_representative_of().values()))
 
 

@@ -42,9 +42,9 @@ from engine.hypernet import HyperNetConfig
 from engine.nb201.cell import CONV_KERNELS, CONV_OPS, EDGES, Cell
 from engine.nb201.hypernet import CellEncoding, CellHyperNet, mix_bases
 from engine.nb201.space import PRESETS, CellSpace
-from engine.spaces import network_meta
+from engine.params import WEIGHT_MODES
+from engine.spaces import hypernet_from_meta, network_meta
 
-WEIGHT_MODES = ("hypernet", "shared")
 DEFAULT_BASES = 8  # basis kernels per stage and conv op that the HyperNet mixes
 BENCHMARK_SPACE = PRESETS["nb201"]
 
@@ -349,7 +349,7 @@ class _SmashSource:
 
 def smash_from_meta(meta: Mapping[str, Any]) -> NB201Smash:
     """An untrained NB201Smash shaped like the one whose `checkpoint_meta` this is; load its state_dict next."""
-    hyper = HyperNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["hypernet"].items()})
+    hyper = hypernet_from_meta(meta)
     return NB201Smash(
         CellSpace.from_dict(meta["space"]),
         num_classes=meta["num_classes"],
