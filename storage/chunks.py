@@ -145,14 +145,6 @@ def stop_chunks(session: Session, search_id: int, how: Literal["pause", "cancel"
     )
 
 
-def parent_of(session: Session, chunk_id: int) -> Job:
-    """The search a chunk job belongs to."""
-    chunk = get_job(session, chunk_id)
-    if chunk.parent_id is None:
-        raise StorageError(f"job {chunk_id} is no chunk of a search")
-    return get_job(session, chunk.parent_id)
-
-
 def search_tally(session: Session, search_id: int) -> tuple[int, float | None]:
     """How many architectures a search's chunks scored, and the lowest full error among them.
 

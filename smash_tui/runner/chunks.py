@@ -84,7 +84,6 @@ class JobBoard:
             found = chunks.chunks_of(session, self.search_id)
         self.chunks: dict[int, ChunkInfo] = {chunk.index: chunk for chunk in found}
         self.by_hash: dict[str, int] = {h: c.index for c in found for h in c.hashes}
-        self.queued_again = 0
         self.best_error = self.best_known
         self._last_progress = 0.0
 
@@ -135,7 +134,6 @@ class JobBoard:
         if not (final or now) and clock - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = clock
-        self._last_progress = now
         with self.db.session() as session:
             count, best = chunks.search_tally(session, self.search_id)
             states = [c.state for c in chunks.chunks_of(session, self.search_id)]
@@ -198,7 +196,6 @@ class JobBoard:
         with self.db.session() as session:
             again = chunks.queue_again(session, self.search_id, chunk_ids)
             session.commit()
-        self.queued_again += len(again)
         if again:
             log.info("search %d: chunks %s queued again", self.search_id, again)
 

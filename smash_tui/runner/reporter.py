@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -11,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from engine.distributed import World
 from engine.jobs import ScoredArchitecture
-from engine.params import best_full_error
 from storage import queue, records
 from storage.models import Job
 from storage.records import ArchitectureIn, MetricIn, ScoreIn
@@ -42,9 +40,6 @@ class JobContext:
         self.score_job_id = job.parent_id if job.parent_id is not None else job.id
         self.checkpoint_id: int | None = None  # HyperNet checkpoint scores are recorded against
         self.retrain_id: int | None = None  # the retrain row of a retrain job
-        self.scored_count = 0
-        # Lowest full error of the job's scores, those known before it resumed included.
-        self.best_error = math.inf
         self._lock = threading.Lock()
         self._progress: tuple[float, str, float | None] | None = None
         self._request = "none"
@@ -159,10 +154,6 @@ class JobContext:
                 ],
             )
             session.commit()
-        self.scored_count += len(results)
-        self.best_error = min(
-            self.best_error, best_full_error((item.method, item.error) for item in results)
-        )
         log.info("job %d: committed %d scored architectures", self.job_id, len(results))
 
     def should_stop(self) -> bool:

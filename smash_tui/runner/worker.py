@@ -203,7 +203,12 @@ class Worker:
         self.worker_id = workers.register_worker(self.db, device=label, gpu=self._gpu)
         # Held until the process ends: other processes on this host then know at once.
         self._lock = workers.hold_worker_lock(self.db, self.worker_id)
-        handler = self._open_log()
+        try:
+            handler = self._open_log()
+        except BaseException:  # e.g. an unwritable files root: leave no worker row that looks alive
+            self.world.broadcast_int(-1)  # the other ranks leave
+            workers.stop_worker(self.db, self.worker_id)
+            raise
         heartbeat = threading.Thread(
             target=self._heartbeat_loop, name="smash-heartbeat", daemon=True
         )
