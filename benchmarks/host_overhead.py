@@ -203,15 +203,17 @@ def main() -> None:
             else:
                 other_s += seconds
 
-    # The same step with Adam fused, as make_optimizer builds it on CUDA (one kernel per
-    # group instead of about ten per parameter): the op count a GPU sees.
-    fused = torch.optim.Adam(
-        [{"params": net.shared_parameters(), "weight_decay": 1e-4}, {"params": net.hypernet_parameters()}],
-        lr=1e-3, betas=(0.5, 0.999), eps=1e-4, fused=True,
-    )
-    fused_counts = []
-    for arch in archs[args.warmup :]:
-        fused_counts.append(count(lambda arch=arch: train_step(net, fused, x, y, arch, z_rng, autocast)).total)
+    # The same step with Adam fused (one kernel per group instead of about ten per
+    # parameter), as make_optimizer builds it on CUDA, and on the CPU too since it can:
+    # an earlier commit measured through PYTHONPATH may not fuse it here.
+    if optimizer.defaults.get("fused"):
+        fused_counts = train_counts
+    else:
+        groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
+        fused = torch.optim.Adam(groups, fused=True)
+        fused_counts = []
+        for arch in archs[args.warmup :]:
+            fused_counts.append(count(lambda arch=arch: train_step(net, fused, x, y, arch, z_rng, autocast)).total)
 
     net.eval()
     score_host, score_device, score_counts, score_views = [], [], [], []

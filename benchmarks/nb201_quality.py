@@ -42,7 +42,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results import write_result  # noqa: E402
+from results import SHARED_DATA, write_result  # noqa: E402
 
 from engine.config import HYPERNET_SIZES, ScoreConfig, TrainConfig  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -54,9 +54,8 @@ from engine.spaces import get_preset  # noqa: E402
 from engine.train import build_smash, train_hypernet  # noqa: E402
 from engine.truth import TruthConfig, load_truth  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_DATA = SHARED / "cifar10-subset"
-DEFAULT_TRUTH = SHARED / "nas-bench-201" / "nats-tss-200ep.csv"
+DEFAULT_DATA = SHARED_DATA / "cifar10-subset"
+DEFAULT_TRUTH = SHARED_DATA / "nas-bench-201" / "nats-tss-200ep.csv"
 
 
 def rank_quality(truth: list[float], higher_is_better: list[float]) -> dict[str, float]:

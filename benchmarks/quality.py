@@ -39,7 +39,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results import write_result  # noqa: E402
+from results import SHARED_DATA, write_result  # noqa: E402
 
 from engine.cost import architecture_cost  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -50,7 +50,7 @@ from engine.score import ScoreConfig, Scorer  # noqa: E402
 from engine.space import get_preset  # noqa: E402
 from engine.train import TrainConfig, build_smash, train_hypernet  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
+DEFAULT_DATA = SHARED_DATA / "cifar10-subset"
 
 
 def evenly_ranked(order: list[int], m: int) -> list[int]:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import SHARED_DATA  # noqa: E402
+
 from engine.data import DataConfig, DeviceImages, load_dataset  # noqa: E402
 from engine.device import autocast_context  # noqa: E402
 from engine.hypernet import HyperNetConfig  # noqa: E402
@@ -37,7 +39,7 @@ from engine.score import RaceConfig, Racer, Score, ScoreConfig, Scorer, rank_key
 from engine.space import SamplingLimits, get_preset  # noqa: E402
 from engine.train import TrainConfig, build_smash, train_hypernet  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
+DEFAULT_DATA = SHARED_DATA / "cifar10-subset"
 
 
 def record(args: argparse.Namespace) -> None:

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+# Real data for the benchmarks: ../shared/data beside the checkout (see its README).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def write_result(out: Path | None, result: dict[str, Any], indent: str = "  ") -> None:
     """Write `result` as indented JSON to `out` (creating its folder) and say so; None: nothing."""

@@ -28,6 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from results import write_result  # noqa: E402
+
 from engine.config import RetrainConfig  # noqa: E402
 from engine.cost import architecture_cost  # noqa: E402
 from engine.device import autocast_context, bf16_native, memory_format  # noqa: E402
@@ -117,8 +119,7 @@ def main() -> None:
             "losses_finite": runs[name]["finite"],
         }
     print(json.dumps(result, indent=2))
-    if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

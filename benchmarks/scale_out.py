@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from results import SHARED_DATA, write_result  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from engine.plans import SearchRequest  # noqa: E402
@@ -53,7 +54,7 @@ from storage.models import Architecture, Job, Score  # noqa: E402
 from storage.workers import alive_workers  # noqa: E402
 
 SMASH = [sys.executable, "-c", "from smash_tui.cli import main; main()"]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-subset"  # ../shared beside the checkout
+DEFAULT_DATA = SHARED_DATA / "cifar10-subset"
 
 
 def _trained(url: str, args: argparse.Namespace) -> int:
@@ -246,10 +247,7 @@ def main() -> None:
         "ddp_steps_per_s": ddp["ddp_steps_per_s"],
         "one_process_steps_per_s": ddp["one_process_steps_per_s"],
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        print(f"  wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

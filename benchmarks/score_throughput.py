@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from results import write_result  # noqa: E402
+from results import SHARED_DATA, write_result  # noqa: E402
 
 from engine.cost import architecture_cost  # noqa: E402
 from engine.data import DataConfig, DatasetError, DeviceImages, load_dataset  # noqa: E402
@@ -56,7 +56,7 @@ REFERENCE = {
     "date": "2026-11-28",
     "host": "2-core x86-64 CPU (CI class)",
 }
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-subset"
+DEFAULT_DATA = SHARED_DATA / "cifar10-subset"
 
 
 def hypernet_flops(space, arch) -> int:
